@@ -1,0 +1,267 @@
+"""Deterministic, resumable language-model batches: ``batch = f(seed, step)``.
+
+A seqio Task split is materialised once into numpy arrays of model features;
+the rows of step ``s`` are then a pure function of ``(seed, s, data)``. There is
+no iterator state to checkpoint: resuming at step ``s`` means asking for step
+``s``, and the global batch does not depend on how many hosts share it, so a
+job can resume on a different number of hosts and see the same data.
+
+Row order walks epochs: epoch ``e`` is the permutation of all rows drawn from
+``numpy.random.default_rng([seed, e])``, and global position ``p`` (``step *
+global_batch_size + row``) reads row ``perm(p // N)[p % N]``, so a batch may
+straddle two epochs and no row repeats within an epoch.
+
+Every host materialises the whole split and keeps its own contiguous slice of
+each global batch. That suits corpora that fit in host memory (the default
+stdlib corpus takes ~160 MB as int32 at L=256); larger data needs a sharded
+source.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import gin
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from llmos_jax.errors import UserError
+
+INT_FEATURES = ("decoder_input_tokens", "decoder_target_tokens")
+PACKING_FEATURES = ("decoder_segment_ids", "decoder_positions")
+LOSS_WEIGHTS = "decoder_loss_weights"
+
+_MATERIALISE_BATCH = 4096  # Rows per tf.data batch while copying to numpy.
+_CACHED_EPOCHS = 2  # A batch touches at most two epochs when B <= N.
+
+
+def _keep_tensorflow_off_accelerators() -> None:
+    """Stops TensorFlow from claiming GPU memory that JAX needs."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # TensorFlow already initialised its devices; nothing to change.
+
+
+def _lookup_task(task_name: str, split: str) -> seqio.DatasetProviderBase:
+    """The registered Task or Mixture, checked to have ``split``."""
+    try:
+        provider = seqio.get_mixture_or_task(task_name)
+    except ValueError:
+        raise UserError(
+            f"No seqio Task or Mixture named {task_name!r} is registered; register it "
+            "first (e.g. gin: LMBatches.task_name = @register_stdlib_task()) or fix "
+            "LMBatches.task_name."
+        ) from None
+    if split not in provider.splits:
+        raise UserError(
+            f"Task {task_name!r} has no split {split!r}; use one of "
+            f"{list(provider.splits)} (gin: LMBatches.split)."
+        )
+    return provider
+
+
+def materialise(
+    task_name: str,
+    split: str,
+    sequence_length: int,
+    pack: bool,
+    max_examples: int | None = None,
+) -> dict[str, np.ndarray]:
+    """A Task split as seqio LM model features, one ``[N, sequence_length]`` array each.
+
+    Token, segment and position features are int32; loss weights float32.
+    """
+    _lookup_task(task_name, split)
+    _keep_tensorflow_off_accelerators()
+    dataset = seqio.get_dataset(
+        task_name,
+        task_feature_lengths={"targets": sequence_length},
+        feature_converter=seqio.LMFeatureConverter(pack=pack),
+        dataset_split=split,
+        shuffle=False,
+        verbose=False,
+    )
+    if max_examples is not None:
+        dataset = dataset.take(max_examples)
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in dataset.element_spec}
+    for batch in dataset.batch(_MATERIALISE_BATCH).as_numpy_iterator():
+        for key, value in batch.items():
+            parts[key].append(value)
+    return {
+        key: (
+            np.concatenate(values)
+            if values
+            else np.zeros((0, sequence_length), np.int32)
+        ).astype(np.float32 if key == LOSS_WEIGHTS else np.int32)
+        for key, values in parts.items()
+    }
+
+
+@gin.configurable
+class LMBatches:
+    """Batches of a seqio Task split, each a pure function of ``(seed, step)``.
+
+    Measured on a shared 2-core CPU (Python 3.11 stdlib, TF 2.21): the default
+    ``stdlib_bytes`` train split (489 files, 8,037,536 bytes; 8,038,025 tokens
+    with EOS) at ``sequence_length=256`` materialises packed into 31,649 rows
+    in ~5-7 s (14 s with the cores contended; seqio's TF-ops packing is most
+    of it), unpacked into 31,659 rows in ~2.5-5 s; validation (26 files,
+    1,355 packed rows) in under 1 s. That is fast enough that no on-disk cache
+    is kept: a cache keyed by names alone would go stale silently.
+
+    Output keys are seqio's LM model features: ``decoder_input_tokens``,
+    ``decoder_target_tokens`` (int32), ``decoder_loss_weights`` (float32) and,
+    when packed, ``decoder_segment_ids`` and ``decoder_positions`` (int32), each
+    of shape ``[rows, sequence_length]``.
+    """
+
+    def __init__(
+        self,
+        task_name: str,
+        split: str,
+        sequence_length: int,
+        global_batch_size: int,
+        *,
+        seed: int = 0,
+        pack: bool = True,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        max_examples: int | None = None,
+    ):
+        """Materialises the split; all batches are then computed from memory.
+
+        Args:
+          task_name: a registered seqio Task or Mixture.
+          split: its split to read.
+          sequence_length: tokens per row.
+          global_batch_size: rows per step over all hosts.
+          seed: selects the row order; same seed, same batches.
+          pack: pack several short examples into one row (with segment ids).
+          process_index: this host; defaults to ``jax.process_index()``.
+          process_count: hosts sharing each batch; defaults to
+            ``jax.process_count()``.
+          max_examples: keep only the first this many rows (quick runs).
+
+        Raises:
+          UserError: a bad argument, an unknown task or split, or an empty split.
+        """
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+        positive = {
+            "sequence_length": sequence_length,
+            "global_batch_size": global_batch_size,
+            "process_count": process_count,
+        }
+        for arg, value in positive.items():
+            if value <= 0:
+                raise UserError(
+                    f"LMBatches.{arg}={value} must be positive; fix gin: LMBatches.{arg}."
+                )
+        if seed < 0:
+            raise UserError(f"LMBatches.seed={seed} must be non-negative; fix gin: LMBatches.seed.")
+        if max_examples is not None and max_examples <= 0:
+            raise UserError(
+                f"LMBatches.max_examples={max_examples} must be positive or None; "
+                "fix gin: LMBatches.max_examples."
+            )
+        if global_batch_size % process_count:
+            raise UserError(
+                f"LMBatches.global_batch_size={global_batch_size} is not divisible by "
+                f"the process count {process_count}; set gin LMBatches.global_batch_size "
+                f"to a multiple of {process_count}."
+            )
+        if not 0 <= process_index < process_count:
+            raise UserError(
+                f"LMBatches.process_index={process_index} is outside [0, {process_count}); "
+                "fix gin: LMBatches.process_index (or leave it unset)."
+            )
+        self._provider = _lookup_task(task_name, split)
+        self._arrays = materialise(task_name, split, sequence_length, pack, max_examples)
+        self._num_examples = len(self._arrays["decoder_target_tokens"])
+        if self._num_examples == 0:
+            raise UserError(
+                f"Split {split!r} of task {task_name!r} is empty; give it data or choose "
+                "another split (gin: LMBatches.split / LMBatches.task_name)."
+            )
+        self._seed = seed
+        self._global_batch_size = global_batch_size
+        self._host_batch_size = global_batch_size // process_count
+        self._host_offset = process_index * self._host_batch_size
+        self._permutations: dict[int, np.ndarray] = {}
+
+    @property
+    def vocabulary(self) -> seqio.Vocabulary:
+        """The vocabulary of the ``targets`` feature."""
+        return self._provider.output_features["targets"].vocabulary
+
+    @property
+    def num_examples(self) -> int:
+        """Rows in the materialised split (one epoch)."""
+        return self._num_examples
+
+    @property
+    def host_batch_size(self) -> int:
+        """Rows per step on this host: ``global_batch_size // process_count``."""
+        return self._host_batch_size
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._permutations:
+            if len(self._permutations) >= _CACHED_EPOCHS:
+                self._permutations.pop(min(self._permutations))
+            rng = np.random.default_rng([self._seed, epoch])
+            self._permutations[epoch] = rng.permutation(self._num_examples)
+        return self._permutations[epoch]
+
+    def _rows_at(self, start: int, count: int) -> np.ndarray:
+        """Row indices for global positions ``[start, start + count)``."""
+        positions = np.arange(start, start + count, dtype=np.int64)
+        epochs, offsets = np.divmod(positions, self._num_examples)
+        rows = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            in_epoch = epochs == epoch
+            rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
+        return rows
+
+    def _take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {key: array[rows] for key, array in self._arrays.items()}
+
+    def global_batch_at(self, step: int) -> dict[str, np.ndarray]:
+        """All ``global_batch_size`` rows of ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be non-negative, got {step}.")
+        start = step * self._global_batch_size
+        return self._take(self._rows_at(start, self._global_batch_size))
+
+    def batch_at(self, step: int) -> dict[str, np.ndarray]:
+        """This host's contiguous slice of the global batch of ``step``."""
+        if step < 0:
+            raise ValueError(f"step must be non-negative, got {step}.")
+        start = step * self._global_batch_size + self._host_offset
+        return self._take(self._rows_at(start, self._host_batch_size))
+
+    def eval_batches(self, num_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """One sequential pass in stored order, host-local, for held-out loss.
+
+        Global batch ``k`` holds rows ``[k * B, (k + 1) * B)``; rows past the
+        end are all-zero padding (loss weight 0), so no row counts twice. The
+        pass stops after ``num_batches`` batches or when the split is used up,
+        whichever is first; every host yields the same number of batches.
+        """
+        total = math.ceil(self._num_examples / self._global_batch_size)
+        count = total if num_batches is None else min(num_batches, total)
+        for k in range(count):
+            start = k * self._global_batch_size + self._host_offset
+            positions = np.arange(start, start + self._host_batch_size)
+            real = positions[positions < self._num_examples]
+            batch = self._take(real)
+            padding = self._host_batch_size - len(real)
+            if padding:
+                batch = {
+                    key: np.pad(array, ((0, padding), (0, 0)))
+                    for key, array in batch.items()
+                }
+            yield batch

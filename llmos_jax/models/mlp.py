@@ -1,0 +1,53 @@
+"""The position-wise MLP: plain (GELU/ReLU/SiLU) or gated (SwiGLU/GeGLU)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmos_jax.models import axes
+from llmos_jax.models.dense import Dense
+from llmos_jax.models.dropout import dropout
+
+_ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swiglu": jax.nn.silu,
+    "geglu": lambda x: jax.nn.gelu(x, approximate=True),
+}
+
+
+class Mlp(nnx.Module):
+    """`wo(act(wi(x)))`, or `wo(act(wi_gate(x)) * wi_up(x))` when gated."""
+
+    def __init__(self, embed_dim: int, mlp_dim: int, *, activation: str, gated: bool,
+                 use_bias: bool, init_std: float, out_init_std: float,
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+        self.activation = activation
+        common = dict(use_bias=use_bias, param_dtype=param_dtype, rngs=rngs)
+        if gated:
+            self.wi_gate = Dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
+                                 init_std=init_std, **common)
+            self.wi_up = Dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
+                               init_std=init_std, **common)
+            self.wi = None
+        else:
+            self.wi = Dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
+                            init_std=init_std, **common)
+            self.wi_gate = self.wi_up = None
+        self.wo = Dense((mlp_dim,), (embed_dim,), (axes.MLP,), (axes.EMBED,),
+                        init_std=out_init_std, **common)
+
+    def __call__(self, x: jax.Array, *, shard: axes.ActivationSharder,
+                 dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
+        act = _ACTIVATIONS[self.activation]
+        if self.wi is not None:
+            h = act(self.wi(x))
+        else:
+            h = act(self.wi_gate(x)) * self.wi_up(x)
+        h = shard(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
+        h = dropout(h, dropout_rate, dropout_key)
+        return self.wo(h)

@@ -1,0 +1,54 @@
+"""The JSON saved beside each checkpoint, and the checks made when resuming.
+
+It records what a checkpoint cannot show by its arrays: the model config, the
+vocabulary, and the data position (seed, batch shape and next step), since the
+batch at a step is a pure function of those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Any, Mapping
+
+import seqio
+
+from llmos_jax.errors import UserError
+from llmos_jax.models.config import TransformerConfig
+
+log = logging.getLogger("llmos_jax.train")
+
+
+def describe_vocabulary(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
+    """Enough to tell whether two vocabularies map ids to the same text."""
+    description: dict[str, Any] = {"class": type(vocabulary).__name__,
+                                   "vocab_size": int(vocabulary.vocab_size)}
+    model_file = getattr(vocabulary, "sentencepiece_model_file", None)
+    if model_file:
+        description["model_file"] = str(model_file)
+    return description
+
+
+def describe_run(config: TransformerConfig, vocabulary: seqio.Vocabulary, *, task_name: str,
+                 seed: int, global_batch_size: int, sequence_length: int,
+                 pack: bool) -> dict[str, Any]:
+    return {
+        "model_config": dataclasses.asdict(config),
+        "vocabulary": describe_vocabulary(vocabulary),
+        "data": {"task_name": task_name, "seed": seed, "global_batch_size": global_batch_size,
+                 "sequence_length": sequence_length, "pack": pack},
+    }
+
+
+def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any], *,
+                     checkpoint_dir: pathlib.Path) -> None:
+    """Refuses a resume that would silently change meaning; warns on data changes."""
+    if saved.get("vocabulary") != current["vocabulary"]:
+        raise UserError(
+            f"the checkpoint in {checkpoint_dir} was trained with vocabulary "
+            f"{saved.get('vocabulary')} but this run uses {current['vocabulary']}; "
+            "resume with the original task, or use a new --model_dir.")
+    if saved.get("data") != current["data"]:
+        log.warning("data settings changed since the checkpoint (%s -> %s): batches after the "
+                    "resume differ from an uninterrupted run", saved.get("data"), current["data"])

@@ -1,0 +1,330 @@
+"""`train`: the gin-configured training loop behind `llmos train`.
+
+The loop is deliberately plain: everything it uses (model config, mesh, rules,
+optimizer, data) is injected by gin, and each concern lives in its own module.
+Batches are a pure function of (seed, step), so resuming only needs the step
+saved with the checkpoint; the saved metadata records that data position.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import math
+import pathlib
+import signal
+import time
+from typing import Any, Callable, Sequence
+
+import gin
+import jax
+import numpy as np
+import optax
+
+from llmos_jax.data.lm_batches import LMBatches
+from llmos_jax.errors import UserError
+from llmos_jax.inference.preview_sampler import sample_tokens
+from llmos_jax.models.config import TransformerConfig
+from llmos_jax.models.decoder import DecoderLM
+from llmos_jax.monitoring.flops import decoder_training_flops_per_token, mfu
+from llmos_jax.monitoring.metrics_writer import MetricsWriter
+from llmos_jax.monitoring.peak_flops import peak_flops_per_device
+from llmos_jax.monitoring.progress import TrainProgress
+from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
+                                    check_global_batch_size, host_local_to_global,
+                                    rules_from_mapping)
+from llmos_jax.training import run_metadata
+from llmos_jax.training.checkpointing import Checkpointer, check_writable, export_params
+from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
+from llmos_jax.training.train_state import (abstract_train_state, init_train_state, model_spec,
+                                            state_shardings)
+from llmos_jax.training.train_step import (StepConfig, jit_eval_step, jit_train_step,
+                                           make_eval_step, make_train_step)
+
+# Configurables that live in gin-free layers are registered here.
+gin.external_configurable(TransformerConfig)
+gin.external_configurable(MeshConfig)
+
+log = logging.getLogger("llmos_jax.train")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or interrupted) run reports back."""
+
+    last_step: int
+    train_losses: dict[int, float]
+    eval_loss: float | None
+    samples: list[str]
+    wall_seconds: float
+    interrupted: bool = False
+
+
+class _StopSignal:
+    """Turns SIGTERM into a flag the loop checks, so it can save and exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. a notebook worker)
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _finite_or_raise(step: int, loss: float, checkpointer: Checkpointer) -> None:
+    if math.isfinite(loss):
+        return
+    checkpointer.wait()
+    last = checkpointer.latest_step()
+    kept = (f"the last good checkpoint (step {last}) in {checkpointer.directory} is kept"
+            if last is not None else "no checkpoint had been saved yet")
+    raise TrainingDiverged(
+        f"training loss became {loss} at step {step}; {kept}. Lower the learning rate "
+        "(--gin.warmup_then_decay.peak_learning_rate=...), raise warmup, or enable "
+        "gradient clipping, then rerun with the same --model_dir to resume.")
+
+
+@gin.configurable(denylist=["model_dir"])
+def train(
+    *,
+    model_dir: str,
+    model_config: TransformerConfig = gin.REQUIRED,
+    task_name: str = gin.REQUIRED,
+    sequence_length: int = 128,
+    global_batch_size: int = 16,
+    num_steps: int = 1000,
+    microbatches: int = 1,
+    z_loss: float = 0.0,
+    seed: int = 0,
+    pack: bool = True,
+    mesh_config: MeshConfig = MeshConfig(),
+    axis_rules: Sequence[tuple[str, Any]] = DEFAULT_RULES,
+    optimizer_factory: Callable[[], optax.GradientTransformation] = make_optimizer,
+    log_every: int = 10,
+    eval_every: int = 100,
+    eval_batches: int = 8,
+    eval_split: str = "validation",
+    checkpoint_every: int = 200,
+    keep_checkpoints: int = 3,
+    async_checkpointing: bool = True,
+    export: bool = True,
+    sample_prompts: Sequence[str] = ("def ",),
+    sample_new_tokens: int = 200,
+    sample_temperature: float = 0.8,
+    sample_top_k: int | None = 40,
+    stop_after_steps: int | None = None,
+    progress_bar: bool = True,
+) -> TrainResult:
+    """Trains a decoder LM; resumes automatically from the latest checkpoint in `model_dir`.
+
+    Args:
+      model_dir: Checkpoints, TensorBoard events, `metrics.jsonl` and
+        `config.gin` go here. Set by `--model_dir`.
+      model_config: The architecture.
+      task_name: A registered seqio Task (bind `@register_stdlib_task()` etc.).
+      sequence_length: Tokens per training row.
+      global_batch_size: Rows per step over all devices and hosts.
+      num_steps: Total optimizer steps.
+      microbatches: Gradient-accumulation steps per global batch.
+      z_loss: PaLM z-loss coefficient.
+      seed: Seeds initialisation, data order and dropout.
+      pack: Pack short documents into rows (with segment masking).
+      mesh_config: Mesh axis sizes.
+      axis_rules: Logical-to-mesh rules (a tuple of pairs, or a dict).
+      optimizer_factory: Builds the optax transformation (`make_optimizer`).
+      log_every: Steps between metric writes (each costs one host sync).
+      eval_every: Steps between held-out evaluations (0 disables).
+      eval_batches: Global batches per evaluation.
+      eval_split: The held-out split of `task_name`.
+      checkpoint_every: Steps between checkpoints.
+      keep_checkpoints: How many checkpoints to keep.
+      async_checkpointing: Write checkpoints in the background.
+      export: Write params-only weights to `model_dir/export` at the end.
+      sample_prompts: Prompts for the text samples printed at the end.
+      sample_new_tokens: Length of each sample.
+      sample_temperature: Sampling temperature (0 is greedy).
+      sample_top_k: Sample among the k most likely tokens (None: all).
+      stop_after_steps: Stop (with a checkpoint) after this many steps of this
+        invocation, as if preempted; for tests and time-boxed jobs.
+      progress_bar: Show a progress bar on stderr.
+    """
+    started = time.time()
+    model_path = check_writable(model_dir)
+    rules = rules_from_mapping(axis_rules)
+    mesh = build_mesh(mesh_config)
+    check_global_batch_size(global_batch_size, mesh, name="train.global_batch_size")
+    if model_config.position_embedding == "learned" and sequence_length > model_config.max_len:
+        raise UserError(
+            f"train.sequence_length={sequence_length} exceeds TransformerConfig.max_len="
+            f"{model_config.max_len}; raise max_len or shorten the sequence.")
+
+    train_data = LMBatches(task_name, "train", sequence_length, global_batch_size, seed=seed,
+                           pack=pack)
+    eval_data = (LMBatches(task_name, eval_split, sequence_length, global_batch_size,
+                           seed=seed, pack=pack) if eval_every else None)
+    vocabulary = train_data.vocabulary
+    if vocabulary.vocab_size > model_config.vocab_size:
+        raise UserError(
+            f"TransformerConfig.vocab_size={model_config.vocab_size} is smaller than the "
+            f"task vocabulary ({vocabulary.vocab_size} ids); set "
+            f"TransformerConfig.vocab_size >= {vocabulary.vocab_size}.")
+
+    sharder = LogicalSharder(mesh, rules)
+    spec = model_spec(lambda rngs: DecoderLM(model_config, rngs=rngs, shard=sharder), seed)
+    tx = optimizer_factory()
+    shardings = state_shardings(spec, tx, mesh, rules)
+
+    checkpointer = Checkpointer(model_path, save_every=checkpoint_every, keep=keep_checkpoints,
+                                async_save=async_checkpointing)
+    meta = run_metadata.describe_run(model_config, vocabulary, task_name=task_name,
+                                     seed=seed, global_batch_size=global_batch_size,
+                                     sequence_length=sequence_length, pack=pack)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        run_metadata.check_compatible(checkpointer.read_meta(latest), meta,
+                                      checkpoint_dir=checkpointer.directory)
+        state = checkpointer.restore(latest, abstract_train_state(spec, tx, shardings))
+        log.info("resumed from step %d in %s", latest, checkpointer.directory)
+    else:
+        state = init_train_state(spec, tx, shardings)
+    start_step = int(jax.device_get(state.step))
+
+    batch_keys = list(train_data.batch_at(0).keys())
+    step_config = StepConfig(microbatches=microbatches, z_loss=z_loss, dropout_seed=seed,
+                             use_dropout=model_config.dropout_rate > 0)
+    train_step = jit_train_step(
+        make_train_step(spec, tx, current_learning_rate, step_config, mesh, rules),
+        shardings, batch_keys, mesh, rules)
+    eval_step = jit_eval_step(make_eval_step(spec), shardings.params, batch_keys, mesh, rules)
+    if microbatches < 1 or global_batch_size % microbatches:
+        raise UserError(f"train.microbatches={microbatches} must divide "
+                        f"train.global_batch_size={global_batch_size}.")
+
+    (model_path / "config.gin").write_text(gin.operative_config_str())
+    flops_per_token = decoder_training_flops_per_token(
+        num_layers=model_config.num_layers, embed_dim=model_config.embed_dim,
+        num_heads=model_config.num_heads, num_kv_heads=model_config.num_kv_heads,
+        head_dim=model_config.head_dim, mlp_dim=model_config.mlp_dim,
+        vocab_size=model_config.vocab_size, seq_len=sequence_length,
+        gated_mlp=model_config.gated_mlp)
+    peak, peak_source = _run_peak_flops(model_config.compute_dtype)
+    log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_source)
+
+    is_chief = jax.process_index() == 0
+    writer = MetricsWriter(model_path, enabled=is_chief)
+    train_losses: dict[int, float] = {}
+    eval_loss = None
+    interrupted = False
+    end_step = num_steps if stop_after_steps is None else min(num_steps, start_step + stop_after_steps)
+    prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def fetch(step: int):
+        return host_local_to_global(train_data.batch_at(step), mesh, rules)
+
+    with _StopSignal() as stop, TrainProgress(num_steps, start_step,
+                                              enabled=progress_bar and is_chief) as progress:
+        next_batch = prefetch.submit(fetch, start_step) if start_step < end_step else None
+        interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
+        metrics = None
+        step = start_step
+        while step < end_step:
+            batch = next_batch.result()
+            if step + 1 < end_step:
+                next_batch = prefetch.submit(fetch, step + 1)
+            state, metrics = train_step(state, batch)
+            step += 1
+            interval_steps += 1
+            interval_tokens += global_batch_size * sequence_length
+            last = step == end_step
+            if step % log_every == 0 or last or stop.requested:
+                host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _finite_or_raise(step, host["loss"], checkpointer)
+                elapsed = time.perf_counter() - interval_start
+                tokens_per_second = interval_tokens / elapsed
+                host.update(step_time=elapsed / interval_steps, tokens_per_second=tokens_per_second,
+                            mfu=mfu(flops_per_token=flops_per_token,
+                                    tokens_per_second=tokens_per_second,
+                                    peak_flops_per_second=peak))
+                writer.write_scalars(step, host)
+                train_losses[step] = host["loss"]
+                progress.update(step, loss=host["loss"], tokens_per_second=tokens_per_second)
+                interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
+            if eval_data is not None and (step % eval_every == 0 or last):
+                eval_loss = _evaluate(eval_step, state.params, eval_data, eval_batches, mesh,
+                                      rules, writer, step)
+                interval_start = time.perf_counter()
+            if checkpointer.should_save(step) or last or stop.requested:
+                _finite_or_raise(step, float(jax.device_get(metrics["loss"])), checkpointer)
+                checkpointer.save(step, state, {**meta, "data_position": step})
+            if stop.requested:
+                interrupted = True
+                log.warning("SIGTERM received: saved step %d, exiting", step)
+                break
+    prefetch.shutdown(wait=False, cancel_futures=True)
+    checkpointer.close()
+
+    samples: list[str] = []
+    finished = step >= num_steps and not interrupted
+    if finished and is_chief:
+        if export:
+            export_params(model_path / "export", state.params, {**meta, "step": step})
+        samples = _preview_samples(spec, state.params, vocabulary, model_config, sample_prompts,
+                                   sample_new_tokens, sample_temperature, sample_top_k, seed)
+        for prompt, text in zip(sample_prompts, samples):
+            writer.write_text(step, "samples", prompt + text)
+    writer.close()
+    return TrainResult(last_step=step, train_losses=train_losses, eval_loss=eval_loss,
+                       samples=samples, wall_seconds=time.time() - started,
+                       interrupted=interrupted or not finished)
+
+
+def _run_peak_flops(dtype) -> tuple[float, str]:
+    """Peak FLOP/s of the whole run: simulated CPU devices share one host's cores."""
+    per_device, source = peak_flops_per_device(dtype)
+    if jax.default_backend() == "cpu":
+        return per_device, source + " (all CPU devices share the host)"
+    return per_device * jax.device_count(), f"{source} x {jax.device_count()} devices"
+
+
+def _evaluate(eval_step, params, eval_data: LMBatches, num_batches: int, mesh, rules,
+              writer: MetricsWriter, step: int) -> float:
+    totals = {"cross_entropy": 0.0, "correct": 0.0, "weight": 0.0}
+    for batch in eval_data.eval_batches(num_batches):
+        sums = jax.device_get(eval_step(params, host_local_to_global(batch, mesh, rules)))
+        for key in totals:
+            totals[key] += float(sums[key])
+    weight = max(totals["weight"], 1.0)
+    loss = totals["cross_entropy"] / weight
+    writer.write_scalars(step, {"loss": loss, "accuracy": totals["correct"] / weight,
+                                "perplexity": math.exp(min(loss, 50.0))}, split="eval")
+    return loss
+
+
+def _preview_samples(spec, params, vocabulary, config: TransformerConfig, prompts, new_tokens,
+                     temperature, top_k, seed) -> list[str]:
+    host_params = jax.device_get(params)
+    texts = []
+    for index, prompt in enumerate(prompts):
+        ids = sample_tokens(spec.graphdef, host_params, vocabulary.encode(prompt),
+                            max_len=config.max_len, max_new_tokens=new_tokens,
+                            temperature=temperature, top_k=top_k, seed=seed + index,
+                            eos_id=vocabulary.eos_id)
+        texts.append(vocabulary.decode([i for i in ids if i != vocabulary.eos_id]))
+    return texts
