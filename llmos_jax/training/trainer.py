@@ -205,6 +205,10 @@ def train(
     else:
         state = init_train_state(spec, tx, shardings)
     start_step = int(jax.device_get(state.step))
+    num_params = sum(leaf.size for leaf in jax.tree.leaves(spec.abstract_params))
+    log.info("model: %.2fM parameters; mesh %s over %d device(s); batch %d x %d tokens; "
+             "steps %d -> %d", num_params / 1e6, dict(mesh.shape), mesh.size, global_batch_size,
+             sequence_length, start_step, num_steps)
 
     batch_keys = list(train_data.batch_at(0).keys())
     step_config = StepConfig(microbatches=microbatches, z_loss=z_loss, dropout_seed=seed,
@@ -287,8 +291,11 @@ def train(
             export_params(model_path / "export", state.params, {**meta, "step": step})
         samples = _preview_samples(spec, state.params, vocabulary, model_config, sample_prompts,
                                    sample_new_tokens, sample_temperature, sample_top_k, seed)
+        print(f"\n--- samples after {step} steps (temperature {sample_temperature}, "
+              f"top-k {sample_top_k}) ---")
         for prompt, text in zip(sample_prompts, samples):
             writer.write_text(step, "samples", prompt + text)
+            print(f"{prompt}{text}\n---")
     writer.close()
     return TrainResult(last_step=step, train_losses=train_losses, eval_loss=eval_loss,
                        samples=samples, wall_seconds=time.time() - started,
