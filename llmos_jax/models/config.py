@@ -120,6 +120,9 @@ class TransformerConfig:
             object.__setattr__(self, "head_dim", self.embed_dim // self.num_heads)
         if self.mlp_dim is None:
             object.__setattr__(self, "mlp_dim", 4 * self.embed_dim)
+        for name in ("head_dim", "mlp_dim"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"TransformerConfig.{name} must be positive, got {getattr(self, name)}.")
         if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
             raise UserError(
                 f"TransformerConfig.num_heads={self.num_heads} must be a multiple of "

@@ -84,8 +84,12 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=1, max_to_keep=keep, create=True,
             enable_async_checkpointing=async_save)
-        self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=(STATE_ITEM, META_ITEM))
+        # Handlers, not just item names: a fresh process (a resume) must be able to
+        # read the state's metadata before any save or restore has told Orbax its type.
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(),
+                           META_ITEM: ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

@@ -119,8 +119,8 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
             "z_loss": sums["z_loss"] / denom,
             "accuracy": sums["correct"] / denom,
             "tokens": sums["weight"],
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
             "learning_rate": jnp.asarray(learning_rate_of(opt_state), jnp.float32),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics

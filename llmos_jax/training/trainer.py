@@ -170,6 +170,12 @@ def train(
     rules = rules_from_mapping(axis_rules)
     mesh = build_mesh(mesh_config)
     check_global_batch_size(global_batch_size, mesh, name="train.global_batch_size")
+    if microbatches < 1 or global_batch_size % microbatches:
+        raise UserError(f"train.microbatches={microbatches} must divide "
+                        f"train.global_batch_size={global_batch_size}.")
+    # Each microbatch must itself split evenly over the data-parallel devices.
+    check_global_batch_size(global_batch_size // microbatches, mesh,
+                            name="train.global_batch_size / train.microbatches")
     if model_config.position_embedding == "learned" and sequence_length > model_config.max_len:
         raise UserError(
             f"train.sequence_length={sequence_length} exceeds TransformerConfig.max_len="
@@ -217,9 +223,6 @@ def train(
         make_train_step(spec, tx, current_learning_rate, step_config, mesh, rules),
         shardings, batch_keys, mesh, rules)
     eval_step = jit_eval_step(make_eval_step(spec), shardings.params, batch_keys, mesh, rules)
-    if microbatches < 1 or global_batch_size % microbatches:
-        raise UserError(f"train.microbatches={microbatches} must divide "
-                        f"train.global_batch_size={global_batch_size}.")
 
     (model_path / "config.gin").write_text(gin.operative_config_str())
     flops_per_token = decoder_training_flops_per_token(
