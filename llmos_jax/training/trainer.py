@@ -9,6 +9,7 @@ saved with the checkpoint; the saved metadata records that data position.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
@@ -88,17 +89,28 @@ class _StopSignal:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _finite_or_raise(step: int, loss: float, checkpointer: Checkpointer) -> None:
-    if math.isfinite(loss):
+_DIVERGENCE_SIGNALS = ("loss", "grad_norm", "param_norm")
+
+
+def _finite_or_raise(step: int, metrics, checkpointer: Checkpointer) -> None:
+    """Stops on a non-finite loss, gradient or parameter norm before anything is saved.
+
+    The loss alone is not enough: it is computed before the step's update, so
+    an update that blows up the parameters shows first in `param_norm`.
+    """
+    values = {name: float(jax.device_get(metrics[name])) for name in _DIVERGENCE_SIGNALS}
+    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
+    if not bad:
         return
     checkpointer.wait()
     last = checkpointer.latest_step()
     kept = (f"the last good checkpoint (step {last}) in {checkpointer.directory} is kept"
             if last is not None else "no checkpoint had been saved yet")
+    described = ", ".join(f"{name} became {value}" for name, value in bad.items())
     raise TrainingDiverged(
-        f"training loss became {loss} at step {step}; {kept}. Lower the learning rate "
-        "(--gin.warmup_then_decay.peak_learning_rate=...), raise warmup, or enable "
-        "gradient clipping, then rerun with the same --model_dir to resume.")
+        f"training diverged at step {step}: {described}; {kept}. Lower the learning rate "
+        "(--gin.warmup_then_decay.peak_learning_rate=...), lengthen the warmup or tighten "
+        "--gin.make_optimizer.grad_clip_norm, then rerun with the same --model_dir to resume.")
 
 
 @gin.configurable(denylist=["model_dir"])
@@ -235,21 +247,26 @@ def train(
     log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_source)
 
     is_chief = jax.process_index() == 0
-    writer = MetricsWriter(model_path, enabled=is_chief)
     train_losses: dict[int, float] = {}
     eval_loss = None
     interrupted = False
     end_step = num_steps if stop_after_steps is None else min(num_steps, start_step + stop_after_steps)
-    prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
     def fetch(step: int):
         return host_local_to_global(train_data.batch_at(step), mesh, rules)
 
-    with _StopSignal() as stop, TrainProgress(num_steps, start_step,
-                                              enabled=progress_bar and is_chief) as progress:
+    with contextlib.ExitStack() as cleanup:
+        # Closed in reverse on any exit, including divergence and errors.
+        cleanup.callback(checkpointer.close)
+        writer = cleanup.enter_context(MetricsWriter(model_path, enabled=is_chief))
+        prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        cleanup.callback(prefetch.shutdown, wait=False, cancel_futures=True)
+        stop = cleanup.enter_context(_StopSignal())
+        progress = cleanup.enter_context(
+            TrainProgress(num_steps, start_step, enabled=progress_bar and is_chief))
+
         next_batch = prefetch.submit(fetch, start_step) if start_step < end_step else None
         interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
-        metrics = None
         step = start_step
         while step < end_step:
             batch = next_batch.result()
@@ -262,7 +279,7 @@ def train(
             last = step == end_step
             if step % log_every == 0 or last or stop.requested:
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _finite_or_raise(step, host["loss"], checkpointer)
+                _finite_or_raise(step, host, checkpointer)
                 elapsed = time.perf_counter() - interval_start
                 tokens_per_second = interval_tokens / elapsed
                 host.update(step_time=elapsed / interval_steps, tokens_per_second=tokens_per_second,
@@ -278,31 +295,34 @@ def train(
                                       rules, writer, step)
                 interval_start = time.perf_counter()
             if checkpointer.should_save(step) or last or stop.requested:
-                _finite_or_raise(step, float(jax.device_get(metrics["loss"])), checkpointer)
+                _finite_or_raise(step, metrics, checkpointer)
                 checkpointer.save(step, state, {**meta, "data_position": step})
             if stop.requested:
                 interrupted = True
                 log.warning("SIGTERM received: saved step %d, exiting", step)
                 break
-    prefetch.shutdown(wait=False, cancel_futures=True)
-    checkpointer.close()
 
-    samples: list[str] = []
-    finished = step >= num_steps and not interrupted
-    if finished and is_chief:
-        if export:
-            export_params(model_path / "export", state.params, {**meta, "step": step})
-        samples = _preview_samples(spec, state.params, vocabulary, model_config, sample_prompts,
-                                   sample_new_tokens, sample_temperature, sample_top_k, seed)
-        print(f"\n--- samples after {step} steps (temperature {sample_temperature}, "
-              f"top-k {sample_top_k}) ---")
-        for prompt, text in zip(sample_prompts, samples):
-            writer.write_text(step, "samples", prompt + text)
-            print(f"{prompt}{text}\n---")
-    writer.close()
+        samples: list[str] = []
+        finished = step >= num_steps and not interrupted
+        if finished:
+            if export:  # every host writes its shards
+                export_params(model_path / "export", state.params, {**meta, "step": step})
+            if is_chief:
+                samples = _preview_samples(spec, state.params, vocabulary, model_config,
+                                           sample_prompts, sample_new_tokens, sample_temperature,
+                                           sample_top_k, seed)
+                _print_samples(step, sample_prompts, samples, sample_temperature, sample_top_k)
+                for prompt, text in zip(sample_prompts, samples):
+                    writer.write_text(step, "samples", prompt + text)
     return TrainResult(last_step=step, train_losses=train_losses, eval_loss=eval_loss,
                        samples=samples, wall_seconds=time.time() - started,
                        interrupted=interrupted or not finished)
+
+
+def _print_samples(step, prompts, samples, temperature, top_k) -> None:
+    print(f"\n--- samples after {step} steps (temperature {temperature}, top-k {top_k}) ---")
+    for prompt, text in zip(prompts, samples):
+        print(f"{prompt}{text}\n---")
 
 
 def _run_peak_flops(dtype) -> tuple[float, str]:
