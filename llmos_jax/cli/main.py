@@ -165,7 +165,7 @@ def _suggest_flag(name: str, command: Command) -> str:
 
 
 _TRAIN_EXAMPLE = (
-    "llmos train --gin_file=runs/cpu_quickstart.gin --model_dir=/tmp/llmos_quickstart "
+    "llmos train --gin_file=experiments/quickstart/quickstart.gin --model_dir=/tmp/llmos_quickstart "
     "--gin.train.num_steps=20"
 )
 
