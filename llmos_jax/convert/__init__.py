@@ -1,0 +1,15 @@
+"""Hugging Face weights in and out of llmos_jax models.
+
+A Hugging Face model directory holds ``config.json`` and ``model.safetensors``
+(or shards listed in ``model.safetensors.index.json``). Conversion reads and
+writes those files with the ``safetensors`` numpy API, so neither PyTorch nor
+transformers is needed (install ``llmos_jax[reference]``).
+
+- ``hf_checkpoint``: reading and writing the directory (config + tensors).
+- ``tensor_mapping``: the table engine (HF tensor names <-> our parameter
+  paths, per-layer expansion, stacked ``scan_layers`` parameters, and the
+  missing / unexpected / wrong-shape errors).
+- ``gpt2``: the GPT-2 family (``GPT2LMHeadModel``) <-> ``DecoderLM``.
+- ``hf_models``: ``import_hf_model`` / ``export_hf_model``, dispatching on
+  ``config.json``'s ``model_type``.
+"""
