@@ -202,7 +202,8 @@ def test_commands_are_dispatched_from_the_table(capsys):
 
 def test_help_lists_commands_and_train_flags(capsys):
     assert cli.main(["--help"]) == 0
-    assert "train   Train a model configured by gin files." in capsys.readouterr().out
+    listed = [line.split(None, 1) for line in capsys.readouterr().out.splitlines()]
+    assert ["train", "Train a model configured by gin files."] in listed
 
     assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out
@@ -250,7 +251,8 @@ def test_python_dash_m_error_is_one_line_without_traceback():
     result = run_module("-m", "llmos_jax", "trian")
     assert result.returncode == 2
     assert result.stderr == (
-        "llmos: error: unknown command 'trian'. Did you mean 'train'? Commands: train.\n"
+        "llmos: error: unknown command 'trian'. Did you mean 'train'? Commands: train, "
+        "tasks list, vocab train, vocab chars.\n"
     )
 
 

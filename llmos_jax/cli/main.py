@@ -286,7 +286,13 @@ def _import_gin_config() -> Any:
     return gin_config
 
 
-COMMANDS: dict[str, Command] = {"train": train_command()}
+def _data_commands() -> dict[str, Command]:
+    from llmos_jax.cli.data_commands import data_commands  # Needs Command, defined above.
+
+    return data_commands()
+
+
+COMMANDS: dict[str, Command] = {"train": train_command(), **_data_commands()}
 
 
 def main_help(commands: Mapping[str, Command]) -> str:
@@ -338,6 +344,8 @@ def _dispatch(args: list[str], commands: Mapping[str, Command]) -> int:
         print(main_help(commands))
         return 0
     name, rest = args[0], args[1:]
+    if rest and f"{name} {rest[0]}" in commands:  # Two-word commands: `llmos tasks list`.
+        name, rest = f"{name} {rest[0]}", rest[1:]
     command = commands.get(name)
     if command is None:
         if name.startswith("-"):
@@ -345,8 +353,13 @@ def _dispatch(args: list[str], commands: Mapping[str, Command]) -> int:
                 f"'{name}' comes before a command; flags go after it, "
                 f"e.g. llmos train {name}"
             )
+        subcommands = [c for c in commands if c.startswith(f"{name} ")]
+        if subcommands:
+            raise UserError(f"'llmos {name}' needs a subcommand: "
+                            f"{', '.join(f'llmos {c}' for c in subcommands)}.")
+        groups = {c.split()[0] for c in commands}
         raise UserError(
-            f"unknown command '{name}'.{did_you_mean(name, commands)} "
+            f"unknown command '{name}'.{did_you_mean(name, groups)} "
             f"Commands: {', '.join(commands)}."
         )
     flags = parse_flags(command, rest)

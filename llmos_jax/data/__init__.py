@@ -2,9 +2,22 @@
 
 Submodules import seqio and TensorFlow, so import them directly (e.g.
 ``llmos_jax.data.lm_batches``); importing this package alone stays cheap.
+docs/data.md is the user guide.
 
-- ``stdlib_corpus``: the default corpus, this interpreter's stdlib sources.
+- ``data_dir``: where relative data paths point (gin ``data_dir.path``,
+  ``$LLMOS_DATA_DIR``, or ``../shared/data`` beside the checkout).
+- ``records``: parsing text/lines/TSV/JSONL/JSON files (gzipped or not),
+  with a strict or skip-and-count policy for malformed lines.
+- ``sources``: seqio sources over those files, Python functions and TFDS.
+- ``char_vocabulary``, ``sentencepiece_vocab``: character and SentencePiece
+  vocabularies (training included); bytes use ``seqio.ByteVocabulary``.
+- ``registry``: Task/Mixture registration recipes and the one name lookup.
+- ``catalog``: the built-in tasks, registered on first use.
+- ``stdlib_corpus``, ``text_tasks``: the default corpus and plain-text tasks.
 - ``preprocessors``: seqio preprocessors (chunking long documents).
-- ``text_tasks``: registers byte-level seqio Tasks (stdlib, a text file).
+- ``feature_converters``: LM, prefix-LM and encoder-decoder model features.
+- ``truncation``: counting what trimming to the sequence length cuts.
+- ``materialise``: a split as numpy arrays of model features.
 - ``lm_batches``: ``LMBatches``, the ``batch = f(seed, step)`` loader.
+- ``task_cache``: caching a Task with Apache Beam (``tools/cache_task.py``).
 """

@@ -20,85 +20,19 @@ source.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 
 import gin
 import jax
 import numpy as np
 import seqio
-import tensorflow as tf
 
+from llmos_jax.data.feature_converters import make_feature_converter, task_feature_lengths
+from llmos_jax.data.materialise import materialise
+from llmos_jax.data.truncation import TruncationReport
 from llmos_jax.errors import UserError
 
-INT_FEATURES = ("decoder_input_tokens", "decoder_target_tokens")
-PACKING_FEATURES = ("decoder_segment_ids", "decoder_positions")
-LOSS_WEIGHTS = "decoder_loss_weights"
-
-_MATERIALISE_BATCH = 4096  # Rows per tf.data batch while copying to numpy.
 _CACHED_EPOCHS = 2  # A batch touches at most two epochs when B <= N.
-
-
-def _keep_tensorflow_off_accelerators() -> None:
-    """Stops TensorFlow from claiming GPU memory that JAX needs."""
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:
-        pass  # TensorFlow already initialised its devices; nothing to change.
-
-
-def _lookup_task(task_name: str, split: str) -> seqio.DatasetProviderBase:
-    """The registered Task or Mixture, checked to have ``split``."""
-    try:
-        provider = seqio.get_mixture_or_task(task_name)
-    except ValueError:
-        raise UserError(
-            f"No seqio Task or Mixture named {task_name!r} is registered; register it "
-            "first (e.g. gin: LMBatches.task_name = @register_stdlib_task()) or fix "
-            "LMBatches.task_name."
-        ) from None
-    if split not in provider.splits:
-        raise UserError(
-            f"Task {task_name!r} has no split {split!r}; use one of "
-            f"{list(provider.splits)} (gin: LMBatches.split)."
-        )
-    return provider
-
-
-def materialise(
-    task_name: str,
-    split: str,
-    sequence_length: int,
-    pack: bool,
-    max_examples: int | None = None,
-) -> dict[str, np.ndarray]:
-    """A Task split as seqio LM model features, one ``[N, sequence_length]`` array each.
-
-    Token, segment and position features are int32; loss weights float32.
-    """
-    _lookup_task(task_name, split)
-    _keep_tensorflow_off_accelerators()
-    dataset = seqio.get_dataset(
-        task_name,
-        task_feature_lengths={"targets": sequence_length},
-        feature_converter=seqio.LMFeatureConverter(pack=pack),
-        dataset_split=split,
-        shuffle=False,
-        verbose=False,
-    )
-    if max_examples is not None:
-        dataset = dataset.take(max_examples)
-    parts: dict[str, list[np.ndarray]] = {key: [] for key in dataset.element_spec}
-    for batch in dataset.batch(_MATERIALISE_BATCH).as_numpy_iterator():
-        for key, value in batch.items():
-            parts[key].append(value)
-    return {
-        key: (
-            np.concatenate(values)
-            if values
-            else np.zeros((0, sequence_length), np.int32)
-        ).astype(np.float32 if key == LOSS_WEIGHTS else np.int32)
-        for key, values in parts.items()
-    }
 
 
 @gin.configurable
@@ -110,49 +44,66 @@ class LMBatches:
     with EOS) at ``sequence_length=256`` materialises packed into 31,649 rows
     in ~5-7 s (14 s with the cores contended; seqio's TF-ops packing is most
     of it), unpacked into 31,659 rows in ~2.5-5 s; validation (26 files,
-    1,355 packed rows) in under 1 s. That is fast enough that no on-disk cache
-    is kept: a cache keyed by names alone would go stale silently.
+    1,355 packed rows) in under 1 s. That is fast enough that by default no
+    on-disk cache is kept (a cache keyed by names alone goes stale silently);
+    a Beam-built cache (``use_cached``) is opt-in for data too large to
+    preprocess at start-up.
 
-    Output keys are seqio's LM model features: ``decoder_input_tokens``,
+    Output keys are the chosen feature converter's model features (see
+    ``feature_converters``). For the default ``lm``: ``decoder_input_tokens``,
     ``decoder_target_tokens`` (int32), ``decoder_loss_weights`` (float32) and,
     when packed, ``decoder_segment_ids`` and ``decoder_positions`` (int32), each
-    of shape ``[rows, sequence_length]``.
+    of shape ``[rows, sequence_length]``. ``enc_dec`` adds ``encoder_*``
+    features; ``prefix_lm`` adds ``decoder_causal_attention``.
+
+    Reading a Beam-built cache (``use_cached=True``) keeps ``batch = f(seed,
+    step)`` for that cache: its example order is fixed once written, but a
+    re-built cache is shuffled differently by Beam, so it counts as new data.
     """
 
     def __init__(
         self,
         task_name: str,
         split: str,
-        sequence_length: int,
+        sequence_length: int | Mapping[str, int],
         global_batch_size: int,
         *,
         seed: int = 0,
         pack: bool = True,
+        feature_converter: str = "lm",
         process_index: int | None = None,
         process_count: int | None = None,
         max_examples: int | None = None,
+        use_cached: bool = False,
+        cache_dirs: Sequence[str] = (),
     ):
         """Materialises the split; all batches are then computed from memory.
 
         Args:
-          task_name: a registered seqio Task or Mixture.
+          task_name: a registered seqio Task or Mixture, or a built-in one
+            (``llmos tasks list``).
           split: its split to read.
-          sequence_length: tokens per row.
+          sequence_length: tokens per row, or each task feature's length
+            (see ``feature_converters``).
           global_batch_size: rows per step over all hosts.
           seed: selects the row order; same seed, same batches.
           pack: pack several short examples into one row (with segment ids).
+          feature_converter: ``"lm"``, ``"prefix_lm"`` or ``"enc_dec"``.
           process_index: this host; defaults to ``jax.process_index()``.
           process_count: hosts sharing each batch; defaults to
             ``jax.process_count()``.
           max_examples: keep only the first this many rows (quick runs).
+          use_cached: read the Task's tokenized examples from a cache built by
+            ``tools/cache_task.py`` instead of preprocessing them now.
+          cache_dirs: folders holding such caches (relative to the cwd).
 
         Raises:
-          UserError: a bad argument, an unknown task or split, or an empty split.
+          UserError: a bad argument, an unknown task or split, a missing cache,
+            or an empty split.
         """
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
         positive = {
-            "sequence_length": sequence_length,
             "global_batch_size": global_batch_size,
             "process_count": process_count,
         }
@@ -179,9 +130,16 @@ class LMBatches:
                 f"LMBatches.process_index={process_index} is outside [0, {process_count}); "
                 "fix gin: LMBatches.process_index (or leave it unset)."
             )
-        self._provider = _lookup_task(task_name, split)
-        self._arrays = materialise(task_name, split, sequence_length, pack, max_examples)
-        self._num_examples = len(self._arrays["decoder_target_tokens"])
+        converter = make_feature_converter(feature_converter, pack)
+        lengths = task_feature_lengths(feature_converter, sequence_length)
+        split_arrays = materialise(task_name, split, lengths, converter,
+                                   max_examples=max_examples, use_cached=use_cached,
+                                   cache_dirs=cache_dirs)
+        self._provider = seqio.get_mixture_or_task(task_name)
+        self._arrays = split_arrays.arrays
+        self._truncation = split_arrays.truncation
+        self._truncation.warn(f"split {split!r} of {task_name!r}")
+        self._num_examples = split_arrays.num_rows
         if self._num_examples == 0:
             raise UserError(
                 f"Split {split!r} of task {task_name!r} is empty; give it data or choose "
@@ -197,6 +155,11 @@ class LMBatches:
     def vocabulary(self) -> seqio.Vocabulary:
         """The vocabulary of the ``targets`` feature."""
         return self._provider.output_features["targets"].vocabulary
+
+    @property
+    def truncation(self) -> TruncationReport:
+        """Examples and tokens that trimming to the sequence length cut from the split."""
+        return self._truncation
 
     @property
     def num_examples(self) -> int:

@@ -13,12 +13,13 @@ works and the latest arguments win.
 Every Task here has one output feature, ``targets``, tokenized with
 ``seqio.ByteVocabulary`` (ids = UTF-8 byte + 3; 0 pad, 1 EOS, 2 UNK). EOS is
 appended once per document, then documents are cut into chunks of at most
-``sequence_length["targets"]`` tokens, so seqio's trimming never drops text.
+``sequence_length["targets"]`` tokens, so seqio's trimming never drops text
+(the recipe is ``registry.register_lm_task``). Registration reads no data:
+paths are only checked to exist.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 import re
@@ -26,10 +27,10 @@ from collections.abc import Callable, Sequence
 
 import gin
 import seqio
-import tensorflow as tf
 
 from llmos_jax.data import stdlib_corpus
-from llmos_jax.data.preprocessors import chunk_tokens
+from llmos_jax.data.registry import register_lm_task
+from llmos_jax.data.sources import FunctionSource
 from llmos_jax.errors import UserError
 
 SPLITS = ("train", "validation")
@@ -48,31 +49,7 @@ def _register_lm_task(name: str, documents_fn: Callable[[str], Sequence[str]]) -
       documents_fn: split name to the list of document texts in that split.
         Called lazily, when a dataset is requested, and at most once per split.
     """
-
-    @functools.cache
-    def cached_documents(split: str) -> tuple[str, ...]:
-        return tuple(documents_fn(split))
-
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed  # One in-memory shard: nothing to shuffle.
-        texts = list(cached_documents(split))
-        return tf.data.Dataset.from_tensor_slices(
-            {"text": tf.constant(texts, dtype=tf.string, shape=[len(texts)])}
-        )
-
-    seqio.TaskRegistry.remove(name)
-    seqio.TaskRegistry.add(
-        name,
-        source=seqio.FunctionDataSource(dataset_fn=dataset_fn, splits=SPLITS),
-        preprocessors=[
-            functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
-            functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
-            seqio.preprocessors.append_eos,
-            chunk_tokens,
-        ],
-        output_features=byte_output_features(),
-    )
-    return name
+    return register_lm_task(name, FunctionSource(documents_fn, SPLITS), seqio.ByteVocabulary())
 
 
 @gin.configurable
@@ -92,9 +69,16 @@ def register_stdlib_task(
       ``name``.
 
     Raises:
-      UserError: ``root`` is missing or has no usable text.
+      UserError: ``root`` is missing (a root without usable text fails when read).
     """
-    stdlib_corpus.corpus_files(root, max_bytes)  # Fail now, not at first batch.
+    if root is not None and not pathlib.Path(root).is_dir():  # Cheap checks now, reading later.
+        raise UserError(
+            f"Standard-library directory {str(root)!r} does not exist; pass an existing "
+            "directory as `root` (gin: register_stdlib_task.root)."
+        )
+    if max_bytes <= 0:
+        raise UserError(f"max_bytes={max_bytes} must be positive; set a positive cap "
+                        "(gin: register_stdlib_task.max_bytes).")
     return _register_lm_task(
         name, lambda split: list(stdlib_corpus.documents(split, root, max_bytes))
     )

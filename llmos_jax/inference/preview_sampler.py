@@ -50,7 +50,8 @@ def _next_token_fn(graphdef, max_len, temperature, top_k):
             return jnp.argmax(logits)
         logits = logits / temperature
         if top_k is not None:
-            threshold = jax.lax.top_k(logits, top_k)[0][-1]
+            k = min(top_k, logits.shape[-1])  # a k past the vocabulary keeps every token
+            threshold = jax.lax.top_k(logits, k)[0][-1]
             logits = jnp.where(logits < threshold, -jnp.inf, logits)
         return jax.random.categorical(key, logits)
 

@@ -8,6 +8,7 @@ batch at a step is a pure function of those.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import pathlib
 from typing import Any, Mapping
@@ -21,12 +22,19 @@ log = logging.getLogger("llmos_jax.train")
 
 
 def describe_vocabulary(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
-    """Enough to tell whether two vocabularies map ids to the same text."""
+    """Enough to tell whether two vocabularies map ids to the same text.
+
+    Content, not paths, identifies a vocabulary: a SentencePiece model by the
+    SHA-256 of its model bytes, a character vocabulary by the SHA-256 of its
+    JSON (``fingerprint()``). A moved model file resumes fine; a retrained one
+    at the same path is refused.
+    """
     description: dict[str, Any] = {"class": type(vocabulary).__name__,
                                    "vocab_size": int(vocabulary.vocab_size)}
-    model_file = getattr(vocabulary, "sentencepiece_model_file", None)
-    if model_file:
-        description["model_file"] = str(model_file)
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        description["sha256"] = hashlib.sha256(vocabulary.sp_model).hexdigest()
+    elif callable(getattr(vocabulary, "fingerprint", None)):
+        description["sha256"] = vocabulary.fingerprint()
     return description
 
 

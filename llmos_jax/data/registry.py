@@ -1,0 +1,189 @@
+"""Registering seqio Tasks and Mixtures by name, and looking them up with clear errors.
+
+Two recipes cover the project's tasks:
+
+- :func:`register_lm_task`: one text feature becomes ``targets`` (causal or
+  prefix-free LM). Each document gets EOS, then is cut into window-sized
+  chunks (``chunk_tokens``) so nothing is trimmed away.
+- :func:`register_text_to_text_task`: two text features become ``inputs``
+  and ``targets`` (translation, summarisation), for the prefix-LM and
+  encoder-decoder feature converters. Over-long examples are trimmed by
+  the converter, and ``LMBatches`` reports how much.
+
+Both put ``seqio.CacheDatasetPlaceholder`` after tokenization, so
+``tools/cache_task.py`` can cache tokenized examples offline and training
+can read them back with ``LMBatches.use_cached``; window-dependent steps
+(chunking) run after the cache. Registering a name again replaces the
+earlier definition, so re-running a config in one process works.
+
+:func:`get_provider` is the one lookup: an unknown name first tries the
+built-in catalog (``llmos_jax.data.catalog``), then fails with close matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Mapping, Sequence
+
+import gin
+import seqio
+
+from llmos_jax.cli.main import did_you_mean
+from llmos_jax.data.preprocessors import chunk_tokens
+from llmos_jax.errors import UserError
+
+
+# Lets gin files name seqio's vocabularies: `@seqio.ByteVocabulary()`.
+gin.external_configurable(seqio.ByteVocabulary, module="seqio")
+gin.external_configurable(seqio.SentencePieceVocabulary, module="seqio")
+
+
+def _tokenize_then_cache_point() -> list:
+    return [
+        functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+        seqio.preprocessors.append_eos,
+        seqio.CacheDatasetPlaceholder(),
+    ]
+
+
+def _add_task(name: str, source: seqio.DataSource, preprocessors: list,
+              output_features: dict[str, seqio.Feature]) -> str:
+    seqio.TaskRegistry.remove(name)
+    seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors,
+                           output_features=output_features)
+    return name
+
+
+@gin.configurable
+def register_lm_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary, *,
+                     text_feature: str = "text", chunk: bool = True) -> str:
+    """Registers a language-modelling Task: ``source[text_feature]`` -> ``targets``.
+
+    Args:
+      name: the Task name.
+      source: yields examples with a ``text_feature`` string.
+      vocabulary: tokenizes ``targets``.
+      text_feature: the source feature holding each document's text.
+      chunk: cut long documents into window-sized chunks (else they are
+        trimmed to the window, and the loss of text is reported).
+
+    Returns:
+      ``name``, so gin can register and name the Task in one binding.
+    """
+    preprocessors = [
+        functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_feature}),
+        *_tokenize_then_cache_point(),
+    ]
+    if chunk:
+        preprocessors.append(chunk_tokens)
+    return _add_task(name, source, preprocessors,
+                     {"targets": seqio.Feature(vocabulary=vocabulary, add_eos=True)})
+
+
+@gin.configurable
+def register_text_to_text_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
+                               *, inputs_feature: str = "inputs",
+                               targets_feature: str = "targets") -> str:
+    """Registers a Task mapping one text to another: ``inputs`` -> ``targets``.
+
+    Both features share ``vocabulary`` and end in EOS.
+
+    Returns:
+      ``name``.
+    """
+    preprocessors = [
+        functools.partial(seqio.preprocessors.rekey,
+                          key_map={"inputs": inputs_feature, "targets": targets_feature}),
+        *_tokenize_then_cache_point(),
+    ]
+    features = {key: seqio.Feature(vocabulary=vocabulary, add_eos=True)
+                for key in ("inputs", "targets")}
+    return _add_task(name, source, preprocessors, features)
+
+
+@gin.configurable
+def register_mixture(name: str, tasks: Mapping[str, float] | Sequence[tuple[str, float]]) -> str:
+    """Registers a Mixture sampling its Tasks in proportion to their rates.
+
+    Args:
+      name: the Mixture name.
+      tasks: Task name to positive rate (a dict, or ``(name, rate)`` pairs).
+        Unknown names are looked up in the catalog first.
+
+    Returns:
+      ``name``.
+
+    Raises:
+      UserError: no tasks, a non-positive rate, or an unknown task name.
+    """
+    pairs = list(tasks.items()) if isinstance(tasks, Mapping) else [tuple(t) for t in tasks]
+    if not pairs:
+        raise UserError(f"register_mixture.tasks is empty for mixture {name!r}; name its tasks.")
+    for task_name, rate in pairs:
+        if not rate > 0:
+            raise UserError(f"register_mixture.tasks[{task_name!r}]={rate} for mixture {name!r} "
+                            "must be a positive rate.")
+        get_provider(task_name, setting=f"register_mixture.tasks (mixture {name!r})")
+    seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, [(task_name, float(rate)) for task_name, rate in pairs])
+    return name
+
+
+def registered_names() -> list[str]:
+    """All registered Task and Mixture names, sorted."""
+    return sorted({*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()})
+
+
+def get_provider(name: str, split: str | None = None, *, setting: str = "LMBatches.task_name",
+                 split_setting: str = "LMBatches.split") -> seqio.DatasetProviderBase:
+    """The registered Task or Mixture ``name``, registering a built-in one on demand.
+
+    Args:
+      name: Task or Mixture name.
+      split: when given, the provider must have it.
+      setting: the gin parameter or flag that gave ``name``, for messages.
+      split_setting: the one that gave ``split``.
+
+    Raises:
+      UserError: an unknown name (with close matches) or a missing split.
+    """
+    from llmos_jax.data import catalog  # The catalog registers through this module.
+
+    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+        if name in catalog.BUILTIN_TASKS:
+            catalog.BUILTIN_TASKS[name]()  # Raises a UserError saying what it needs.
+        else:
+            known = sorted({*registered_names(), *catalog.BUILTIN_TASKS})
+            raise UserError(
+                f"{setting}={name!r}: no seqio Task or Mixture has this name.{did_you_mean(name, known)}"
+                " Run `llmos tasks list` to see them, or register it first (e.g. gin: "
+                f"{setting} = @register_lm_task())."
+            )
+    provider = seqio.get_mixture_or_task(name)
+    if split is not None and split not in provider.splits:
+        raise UserError(f"{split_setting}={split!r}: {name!r} has no such split; use one of "
+                        f"{list(provider.splits)}.")
+    return provider
+
+
+@dataclasses.dataclass(frozen=True)
+class ProviderSummary:
+    """One line of ``llmos tasks list``."""
+
+    name: str
+    kind: str  # "task" or "mixture".
+    splits: tuple[str, ...]
+    features: dict[str, str]  # Output feature name to vocabulary class.
+    mixes: tuple[tuple[str, float], ...] = ()
+
+
+def summarize(name: str) -> ProviderSummary:
+    """What a registered Task or Mixture offers, without reading any data."""
+    provider = seqio.get_mixture_or_task(name)
+    features = {key: type(feature.vocabulary).__name__
+                for key, feature in provider.output_features.items()}
+    if isinstance(provider, seqio.Mixture):
+        mixes = tuple((task.name, float(provider.get_rate(task))) for task in provider.tasks)
+        return ProviderSummary(name, "mixture", tuple(provider.splits), features, mixes)
+    return ProviderSummary(name, "task", tuple(provider.splits), features)
