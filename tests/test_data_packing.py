@@ -180,3 +180,35 @@ def test_mixture_batches_are_deterministic_and_draw_from_each_task():
     assert all(np.array_equal(first.batch_at(5)[k], v) for k, v in second.batch_at(5).items())
     leading = {int(row[0]) for row in _stored(first)["decoder_target_tokens"]}
     assert leading == set(_ids("ab"))
+
+
+def test_random_windows_are_a_function_of_step_and_slices_of_the_stream(tmp_path):
+    """nanoGPT-style sampling: rows are windows of the original text at offsets drawn from (seed, step)."""
+    from llmos_jax.data.lm_batches import LMBatches
+    from llmos_jax.data.text_tasks import register_text_file_task
+
+    text = "".join(chr(ord("a") + (i * 7) % 26) for i in range(3000))
+    path = tmp_path / "stream.txt"
+    path.write_text(text)
+    task = register_text_file_task(name="random_windows_stream", path=str(path),
+                                   validation_fraction=0.1)
+    make = lambda **kw: LMBatches(task, "train", 16, 4, seed=5, pack=False,  # noqa: E731
+                                  feature_converter="next_token", random_windows=True, **kw)
+    batches = make()
+    again = make()
+    vocab = batches.vocabulary
+    stream = np.asarray(vocab.encode(text[:2700]))
+    for step in (0, 1, 7):
+        batch = batches.batch_at(step)
+        np.testing.assert_array_equal(batch["decoder_input_tokens"],
+                                      again.batch_at(step)["decoder_input_tokens"])
+        np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:],
+                                      batch["decoder_target_tokens"][:, :-1])
+        for row in batch["decoder_input_tokens"]:
+            starts = [i for i in range(len(stream) - 16) if np.array_equal(stream[i:i + 16], row)]
+            assert starts, "every row is a window of the training text"
+    assert not np.array_equal(batches.batch_at(0)["decoder_input_tokens"],
+                              batches.batch_at(1)["decoder_input_tokens"])
+    hosts = [make(process_index=i, process_count=2).batch_at(3)["decoder_input_tokens"]
+             for i in range(2)]
+    np.testing.assert_array_equal(np.concatenate(hosts), batches.batch_at(3)["decoder_input_tokens"])

@@ -76,6 +76,7 @@ class LMBatches:
         max_examples: int | None = None,
         use_cached: bool = False,
         cache_dirs: Sequence[str] = (),
+        random_windows: bool = False,
     ):
         """Materialises the split; all batches are then computed from memory.
 
@@ -96,6 +97,11 @@ class LMBatches:
           use_cached: read the Task's tokenized examples from a cache built by
             ``tools/cache_task.py`` instead of preprocessing them now.
           cache_dirs: folders holding such caches (relative to the cwd).
+          random_windows: with the ``next_token`` converter, draw each training
+            row at a random offset of the split's token stream (nanoGPT's
+            sampler) instead of from fixed windows. Offsets are drawn from
+            ``(seed, step)``, so batches stay a pure function of the step.
+            ``eval_batches`` still walks the fixed windows once.
 
         Raises:
           UserError: a bad argument, an unknown task or split, a missing cache,
@@ -150,6 +156,18 @@ class LMBatches:
         self._host_batch_size = global_batch_size // process_count
         self._host_offset = process_index * self._host_batch_size
         self._permutations: dict[int, np.ndarray] = {}
+        self._stream = None
+        if random_windows:
+            if feature_converter != "next_token":
+                raise UserError(
+                    "LMBatches.random_windows=True needs LMBatches.feature_converter="
+                    f"'next_token' (got {feature_converter!r}).")
+            self._stream = token_stream(self._arrays)
+            self._window = self._arrays["decoder_input_tokens"].shape[1] + 1
+            if len(self._stream) <= self._window:
+                raise UserError(f"split {split!r} of task {task_name!r} has "
+                                f"{len(self._stream)} tokens, too few for random windows of "
+                                f"{self._window}.")
 
     @property
     def vocabulary(self) -> seqio.Vocabulary:
@@ -192,10 +210,20 @@ class LMBatches:
     def _take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {key: array[rows] for key, array in self._arrays.items()}
 
+    def _random_window_rows(self, step: int, start: int, count: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self._seed, step])
+        offsets = rng.integers(0, len(self._stream) - self._window + 1,
+                               size=self._global_batch_size)[start:start + count]
+        windows = np.stack([self._stream[o:o + self._window] for o in offsets])
+        return {"decoder_input_tokens": windows[:, :-1], "decoder_target_tokens": windows[:, 1:],
+                "decoder_loss_weights": (windows[:, 1:] != 0).astype(np.float32)}
+
     def global_batch_at(self, step: int) -> dict[str, np.ndarray]:
         """All ``global_batch_size`` rows of ``step``."""
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}.")
+        if self._stream is not None:
+            return self._random_window_rows(step, 0, self._global_batch_size)
         start = step * self._global_batch_size
         return self._take(self._rows_at(start, self._global_batch_size))
 
@@ -203,6 +231,8 @@ class LMBatches:
         """This host's contiguous slice of the global batch of ``step``."""
         if step < 0:
             raise ValueError(f"step must be non-negative, got {step}.")
+        if self._stream is not None:
+            return self._random_window_rows(step, self._host_offset, self._host_batch_size)
         start = step * self._global_batch_size + self._host_offset
         return self._take(self._rows_at(start, self._host_batch_size))
 
@@ -228,3 +258,18 @@ class LMBatches:
                     for key, array in batch.items()
                 }
             yield batch
+
+
+def token_stream(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The token sequence that ``next_token`` rows were cut from, in order.
+
+    Each row is a window w of L + 1 tokens stored as (w[:-1], w[1:]); windows
+    are consecutive, so joining them gives the split back (trailing padding,
+    id 0, dropped).
+    """
+    inputs, targets = arrays["decoder_input_tokens"], arrays["decoder_target_tokens"]
+    windows = np.concatenate([inputs[:, :1], targets], axis=1).reshape(-1)
+    end = len(windows)
+    while end and windows[end - 1] == 0:
+        end -= 1
+    return windows[:end].astype(np.int32)
