@@ -290,13 +290,14 @@ def test_overriding_a_field_config_json_fixes_is_refused(exported_dir):
 
 def test_unsupported_model_type_names_the_supported_ones(exported_dir):
     config = json.loads((exported_dir / "config.json").read_text())
-    (exported_dir / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    (exported_dir / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
     with pytest.raises(UserError, match=re.escape(
-            "has model_type='bert', which cannot be imported; supported model types: gpt2.")):
+            "has model_type='llama', which cannot be imported; supported model types: "
+            "bert, gpt2, t5.")):
         import_hf_model(exported_dir)
-    with pytest.raises(UserError, match=re.escape("model_type='t5' cannot be exported; "
-                                                  "supported model types: gpt2.")):
-        export_hf_model(random_model(ours_gpt2_config()), exported_dir, model_type="t5")
+    with pytest.raises(UserError, match=re.escape("model_type='llama' cannot be exported; "
+                                                  "supported model types: bert, gpt2, t5.")):
+        export_hf_model(random_model(ours_gpt2_config()), exported_dir, model_type="llama")
 
 
 def test_directory_without_safetensors_points_to_save_pretrained(tmp_path):

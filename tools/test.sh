@@ -2,7 +2,7 @@
 # Installs what it needs, then runs the test suite on CPU (8 simulated devices).
 # Extra arguments go to pytest, e.g. tools/test.sh -k partitioning.
 set -euo pipefail
-source "$(dirname "$0")/venv.sh" all,test
+source "$(dirname "$0")/venv.sh" all,test,reference
 cd "$REPO_ROOT"
 set +e
 python -m pytest tests "$@"

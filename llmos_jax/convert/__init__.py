@@ -10,6 +10,9 @@ transformers is needed (install ``llmos_jax[reference]``).
   paths, per-layer expansion, stacked ``scan_layers`` parameters, and the
   missing / unexpected / wrong-shape errors).
 - ``gpt2``: the GPT-2 family (``GPT2LMHeadModel``) <-> ``DecoderLM``.
+- ``bert``: ``BertModel`` / ``BertForPreTraining`` <-> ``Encoder`` / ``EncoderForPreTraining``.
+- ``t5``: ``T5ForConditionalGeneration`` (v1.0, v1.1) <-> ``EncoderDecoderLM``.
+- ``model_params``: shared plumbing between NNX models and flat parameter tables.
 - ``hf_models``: ``import_hf_model`` / ``export_hf_model``, dispatching on
   ``config.json``'s ``model_type``.
 """

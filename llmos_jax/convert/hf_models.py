@@ -13,11 +13,15 @@ from typing import Any
 
 from flax import nnx
 
-from llmos_jax.convert import gpt2, hf_checkpoint
+from llmos_jax.convert import bert, gpt2, hf_checkpoint, t5
 from llmos_jax.errors import UserError
 
-IMPORTERS: dict[str, Callable[..., nnx.Module]] = {gpt2.MODEL_TYPE: gpt2.import_gpt2}
-EXPORTERS: dict[str, Callable[..., None]] = {gpt2.MODEL_TYPE: gpt2.export_gpt2}
+IMPORTERS: dict[str, Callable[..., nnx.Module]] = {
+    gpt2.MODEL_TYPE: gpt2.import_gpt2, bert.MODEL_TYPE: bert.import_bert, t5.MODEL_TYPE: t5.import_t5,
+}
+EXPORTERS: dict[str, Callable[..., None]] = {
+    gpt2.MODEL_TYPE: gpt2.export_gpt2, bert.MODEL_TYPE: bert.export_bert, t5.MODEL_TYPE: t5.export_t5,
+}
 
 
 def supported_model_types() -> tuple[str, ...]:

@@ -46,6 +46,9 @@ class TensorRule:
       our_paths: Our parameter paths; relative to a block for a per-layer rule.
       to_ours: ``to_ours(*hf_arrays)`` returns our arrays, in ``our_paths`` order.
       to_hf: ``to_hf(*our_arrays)`` returns HF arrays, in ``hf_keys`` order.
+      stack: For a per-layer rule of a model with several block stacks (an
+        encoder-decoder): ``(our attribute holding the blocks, block count)``.
+        None uses the table's ``layers_key`` and ``num_layers``.
     """
 
     hf_keys: tuple[str, ...]
@@ -53,6 +56,7 @@ class TensorRule:
     our_paths: tuple[ParamPath, ...]
     to_ours: Callable[..., Sequence[np.ndarray]]
     to_hf: Callable[..., Sequence[np.ndarray]]
+    stack: tuple[str | ParamPath, int] | None = None
 
     def __post_init__(self) -> None:
         if len(self.hf_keys) != len(self.hf_shapes):
@@ -78,6 +82,29 @@ def transposed(hf_key: str, hf_shape: Shape, our_path: ParamPath) -> TensorRule:
                       to_ours=lambda array: (array.T,), to_hf=lambda array: (array.T,))
 
 
+def linear_to_heads(hf_key: str, embed: int, heads: int, head_dim: int,
+                    our_path: ParamPath) -> TensorRule:
+    """A PyTorch ``Linear(embed, heads * head_dim)`` weight <-> our [embed, heads, head_dim] kernel."""
+    return TensorRule((hf_key,), ((heads * head_dim, embed),), (our_path,),
+                      to_ours=lambda w: (w.T.reshape(embed, heads, head_dim),),
+                      to_hf=lambda k: (k.reshape(embed, heads * head_dim).T,))
+
+
+def heads_to_linear(hf_key: str, embed: int, heads: int, head_dim: int,
+                    our_path: ParamPath) -> TensorRule:
+    """A PyTorch ``Linear(heads * head_dim, embed)`` weight <-> our [heads, head_dim, embed] kernel."""
+    return TensorRule((hf_key,), ((embed, heads * head_dim),), (our_path,),
+                      to_ours=lambda w: (w.T.reshape(heads, head_dim, embed),),
+                      to_hf=lambda k: (k.reshape(heads * head_dim, embed).T,))
+
+
+def bias_to_heads(hf_key: str, heads: int, head_dim: int, our_path: ParamPath) -> TensorRule:
+    """A [heads * head_dim] bias <-> our [heads, head_dim] bias."""
+    return TensorRule((hf_key,), ((heads * head_dim,),), (our_path,),
+                      to_ours=lambda b: (b.reshape(heads, head_dim),),
+                      to_hf=lambda b: (b.reshape(heads * head_dim),))
+
+
 @dataclasses.dataclass(frozen=True)
 class MappingTable:
     """A family's full checkpoint layout, and conversion in both directions.
@@ -92,7 +119,8 @@ class MappingTable:
         "n_layer=2, n_embd=64"), quoted when a shape or name does not match.
       ignored_hf_key: Names of HF tensors that carry no weights (buffers such
         as cached causal masks); skipped on import.
-      layers_key: Our attribute that holds the blocks.
+      layers_key: Our attribute that holds the blocks (a path for nested
+        models, e.g. ``("encoder", "layers")``).
     """
 
     family: str
@@ -101,7 +129,7 @@ class MappingTable:
     stacked_layers: bool
     config_summary: str
     ignored_hf_key: Callable[[str], bool] = lambda key: False
-    layers_key: str = "layers"
+    layers_key: str | ParamPath = "layers"
 
     def hf_tensors_to_params(self, tensors: Mapping[str, np.ndarray],
                              our_specs: Mapping[ParamPath, tuple[Shape, np.dtype]],
@@ -135,9 +163,9 @@ class MappingTable:
                 if layer is None:
                     params[relative] = array
                 elif self.stacked_layers:
-                    per_block.setdefault((self.layers_key,) + relative, []).append(array)
+                    per_block.setdefault(self._stack(rule)[0] + relative, []).append(array)
                 else:
-                    params[(self.layers_key, layer) + relative] = array
+                    params[self._stack(rule)[0] + (layer,) + relative] = array
         for path, blocks in per_block.items():
             params[path] = np.stack(blocks)
         self._check_our_paths(set(our_specs), set(params), model_side="the model built from it")
@@ -160,7 +188,8 @@ class MappingTable:
         self._check_our_paths(set(params), expected_paths, model_side="the model")
         tensors: dict[str, np.ndarray] = {}
         for rule, layer, keys in self._expanded_rules():
-            ours = [self._our_array(params, relative, layer) for relative in rule.our_paths]
+            ours = [self._our_array(params, self._stack(rule)[0], relative, layer)
+                    for relative in rule.our_paths]
             arrays = rule.to_hf(*ours)
             for key, shape, array in zip(keys, rule.hf_shapes, arrays, strict=True):
                 if tuple(array.shape) != shape:
@@ -177,7 +206,7 @@ class MappingTable:
             if not rule.per_layer:
                 yield rule, None, rule.hf_keys
                 continue
-            for layer in range(self.num_layers):
+            for layer in range(self._stack(rule)[1]):
                 yield rule, layer, tuple(key.replace(LAYER, str(layer)) for key in rule.hf_keys)
 
     def _expected_hf_shapes(self) -> Iterator[tuple[str, Shape]]:
@@ -186,21 +215,27 @@ class MappingTable:
 
     def _our_paths(self) -> Iterator[ParamPath]:
         for rule in self.rules:
+            layers_key, num_layers = self._stack(rule)
             if not rule.per_layer:
                 yield from rule.our_paths
             elif self.stacked_layers:
-                yield from ((self.layers_key,) + relative for relative in rule.our_paths)
+                yield from (layers_key + relative for relative in rule.our_paths)
             else:
-                for layer in range(self.num_layers):
-                    yield from ((self.layers_key, layer) + relative for relative in rule.our_paths)
+                for layer in range(num_layers):
+                    yield from (layers_key + (layer,) + relative for relative in rule.our_paths)
 
-    def _our_array(self, params: Mapping[ParamPath, np.ndarray], relative: ParamPath,
-                   layer: int | None) -> np.ndarray:
+    def _stack(self, rule: TensorRule) -> tuple[ParamPath, int]:
+        """(path of the rule's blocks, how many blocks); a str key is a one-part path."""
+        key, count = rule.stack or (self.layers_key, self.num_layers)
+        return (key,) if isinstance(key, str) else tuple(key), count
+
+    def _our_array(self, params: Mapping[ParamPath, np.ndarray], layers_key: ParamPath,
+                   relative: ParamPath, layer: int | None) -> np.ndarray:
         if layer is None:
             return params[relative]
         if self.stacked_layers:
-            return params[(self.layers_key,) + relative][layer]
-        return params[(self.layers_key, layer) + relative]
+            return params[layers_key + relative][layer]
+        return params[layers_key + (layer,) + relative]
 
     def _check_hf_names(self, expected: Mapping[str, Shape], tensors: Mapping[str, np.ndarray],
                         source: str) -> None:

@@ -2,5 +2,14 @@
 
 from llmos_jax.models.config import TransformerConfig, gpt2_config, llama_style_config
 from llmos_jax.models.decoder import DecoderBlock, DecoderLM
+from llmos_jax.models.encoder import Encoder, EncoderBlock, EncoderConfig, bert_config
+from llmos_jax.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderLM, t5_config
+from llmos_jax.models.heads import (EncoderForPreTraining, EncoderForSequenceClassification,
+                                    EncoderForTokenClassification)
 
-__all__ = ["TransformerConfig", "DecoderLM", "DecoderBlock", "gpt2_config", "llama_style_config"]
+__all__ = [
+    "TransformerConfig", "DecoderLM", "DecoderBlock", "gpt2_config", "llama_style_config",
+    "Encoder", "EncoderBlock", "EncoderConfig", "bert_config", "EncoderForPreTraining",
+    "EncoderForSequenceClassification", "EncoderForTokenClassification",
+    "EncoderDecoderConfig", "EncoderDecoderLM", "t5_config",
+]

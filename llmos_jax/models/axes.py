@@ -26,6 +26,9 @@ MLP = "mlp"
 VOCAB = "vocab"
 LAYERS = "layers"
 POSITION = "position"  # rows of a learned position table
+SEGMENT_TYPES = "segment_types"  # rows of BERT's token-type (sentence A/B) table
+RELPOS_BUCKETS = "relpos_buckets"  # rows of T5's relative-position bias table
+CLASSES = "classes"  # outputs of a classification head
 
 # Activation axes: separate names so activations and weights can be laid out
 # independently (e.g. batch over data+fsdp, weights' embed over fsdp).

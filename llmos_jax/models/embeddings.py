@@ -13,10 +13,12 @@ class TokenEmbedding(nnx.Module):
     """Token lookup; `attend` reuses the table for tied output logits."""
 
     def __init__(self, vocab_size: int, dim: int, *, init_std: float,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs, row_axis: str = axes.VOCAB):
+        # `row_axis` names the table's rows for sharding, e.g. BERT's token
+        # types (axes.SEGMENT_TYPES) reuse this lookup with a tiny table.
         self.embedding = axes.make_param(
             rngs, nnx.initializers.normal(init_std), (vocab_size, dim),
-            (axes.VOCAB, axes.EMBED), param_dtype)
+            (row_axis, axes.EMBED), param_dtype)
 
     def __call__(self, tokens: jax.Array, dtype: jnp.dtype,
                  shard: axes.ActivationSharder = axes.no_sharding) -> jax.Array:

@@ -29,6 +29,9 @@ DEFAULT_RULES: AxisRules = (
     ("mlp", "tensor"),
     ("layers", None),
     ("position", None),
+    ("segment_types", None),  # small tables: replicated
+    ("relpos_buckets", None),
+    ("classes", None),
     # Batches and activations.
     ("batch", ("data", "fsdp")),
     ("length", None),

@@ -1,0 +1,239 @@
+"""A T5-style encoder-decoder Transformer (T5 v1.0 and v1.1).
+
+Pre-norm blocks with RMSNorm (T5's LayerNorm has no mean subtraction and no
+bias), no biases, unscaled attention scores (T5 folds 1/sqrt(d) into the
+initialisation) plus a bucketed relative position bias computed once per
+stack and shared by its layers. The decoder has causal self-attention and
+cross-attention to the encoder output (padding keys masked).
+
+v1.0: ReLU MLP, tied input/output embedding, decoder output scaled by
+embed_dim**-0.5 before the tied logits. v1.1: gated-GELU MLP, separate
+output projection, no scaling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmos_jax.errors import UserError
+from llmos_jax.models import axes
+from llmos_jax.models.builders import attention_for, mlp_for, norm_for
+from llmos_jax.models.config import TransformerConfig
+from llmos_jax.models.dense import Dense
+from llmos_jax.models.dropout import dropout, split_key
+from llmos_jax.models.embeddings import TokenEmbedding
+from llmos_jax.models.encoder import EncoderBlock
+from llmos_jax.models.layer_stack import make_blocks, run_blocks
+from llmos_jax.models.relative_position import RelativePositionBias
+
+_RESIDUAL = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDecoderConfig(TransformerConfig):
+    """A `TransformerConfig` (`num_layers` = encoder layers) plus T5's extra fields.
+
+    Attributes:
+      num_decoder_layers: Decoder depth; defaults to `num_layers`.
+      relative_buckets: Buckets of the relative position bias.
+      relative_max_distance: Distances beyond this share the last bucket.
+      scale_attention: Scale scores by 1/sqrt(head_dim); T5 does not.
+      scale_decoder_output: Multiply the decoder output by embed_dim**-0.5
+        before the logits (T5 v1.0, tied embeddings).
+    """
+
+    num_decoder_layers: int | None = None
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    scale_attention: bool = False
+    scale_decoder_output: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.num_decoder_layers is None:
+            object.__setattr__(self, "num_decoder_layers", self.num_layers)
+        if self.num_decoder_layers <= 0:
+            raise UserError("EncoderDecoderConfig.num_decoder_layers must be positive, got "
+                            f"{self.num_decoder_layers}.")
+        if self.position_embedding != "none":
+            raise UserError(
+                f"EncoderDecoderConfig.position_embedding={self.position_embedding!r}: the "
+                "encoder-decoder uses relative position bias only; set position_embedding='none'.")
+        if self.relative_buckets < 4 or self.relative_max_distance <= self.relative_buckets // 4:
+            raise UserError(
+                f"EncoderDecoderConfig.relative_buckets={self.relative_buckets} and "
+                f"relative_max_distance={self.relative_max_distance} are too small; T5 uses 32 "
+                "and 128.")
+
+
+def t5_config(version: Literal["1.0", "1.1"] = "1.1", *, vocab_size: int = 32128,
+              num_layers: int = 8, embed_dim: int = 512, num_heads: int = 6,
+              head_dim: int = 64, mlp_dim: int = 1024, **overrides) -> EncoderDecoderConfig:
+    """T5 v1.0 (ReLU, tied + scaled output) or v1.1 (gated GELU, untied)."""
+    if version not in ("1.0", "1.1"):
+        raise UserError(f"t5_config version={version!r} is not one of 1.0, 1.1.")
+    v1_0 = version == "1.0"
+    fields = dict(
+        vocab_size=vocab_size, num_layers=num_layers, embed_dim=embed_dim, num_heads=num_heads,
+        head_dim=head_dim, mlp_dim=mlp_dim, position_embedding="none", norm="rmsnorm",
+        norm_eps=1e-6, mlp_activation="relu" if v1_0 else "geglu", use_bias=False,
+        tie_embeddings=v1_0, scale_decoder_output=v1_0, dropout_rate=0.1,
+    )
+    fields.update(overrides)
+    return EncoderDecoderConfig(**fields)
+
+
+class CrossAttentionDecoderBlock(nnx.Module):
+    """Causal self-attention, cross-attention to the encoder, then MLP; pre-norm."""
+
+    def __init__(self, config: EncoderDecoderConfig, *, rngs: nnx.Rngs):
+        scale = config.scale_attention
+        self.self_attn_norm = norm_for(config, rngs)
+        self.self_attn = attention_for(config, rngs, scale_queries=scale)
+        self.cross_attn_norm = norm_for(config, rngs)
+        self.cross_attn = attention_for(config, rngs, scale_queries=scale)
+        self.mlp_norm = norm_for(config, rngs)
+        self.mlp = mlp_for(config, rngs)
+
+    def __call__(self, x: jax.Array, *, encoded: jax.Array, positions: jax.Array,
+                 segment_ids: jax.Array | None, encoder_segment_ids: jax.Array | None,
+                 bias: jax.Array, config: EncoderDecoderConfig, shard: axes.ActivationSharder,
+                 dropout_key: jax.Array | None) -> jax.Array:
+        self_key, cross_key, mlp_key, out_key = split_key(dropout_key, 4)
+        common = dict(positions=positions, rope_theta=None, shard=shard,
+                      dropout_rate=config.dropout_rate)
+        x = x + self.self_attn(self.self_attn_norm(x), segment_ids=segment_ids, causal=True,
+                               bias=bias, dropout_key=self_key, **common)
+        x = shard(x, _RESIDUAL)
+        x = x + self.cross_attn(self.cross_attn_norm(x), segment_ids=segment_ids, causal=False,
+                                context=encoded, context_segment_ids=encoder_segment_ids,
+                                dropout_key=cross_key, **common)
+        x = shard(x, _RESIDUAL)
+        h = self.mlp(self.mlp_norm(x), shard=shard, dropout_rate=config.dropout_rate,
+                     dropout_key=mlp_key)
+        return shard(x + dropout(h, config.dropout_rate, out_key), _RESIDUAL)
+
+
+class EncoderDecoderLM(nnx.Module):
+    """(encoder tokens [batch, S], decoder tokens [batch, T]) -> logits [batch, T, vocab].
+
+    Args:
+      config: The architecture.
+      rngs: Initialisation randomness.
+      shard: Activation layout on a mesh (a `LogicalSharder` when sharded).
+    """
+
+    def __init__(self, config: EncoderDecoderConfig, *, rngs: nnx.Rngs,
+                 shard: axes.ActivationSharder = axes.no_sharding):
+        self.config = config
+        self.shard = shard
+        common = dict(init_std=config.init_std, param_dtype=config.storage_dtype, rngs=rngs)
+        self.token_embed = TokenEmbedding(config.vocab_size, config.embed_dim, **common)
+        relative = dict(max_distance=config.relative_max_distance, **common)
+        self.encoder_relative_bias = RelativePositionBias(
+            config.relative_buckets, config.num_heads, bidirectional=True, **relative)
+        self.encoder_layers = make_blocks(
+            lambda r: EncoderBlock(config, post_norm=False, scale_queries=config.scale_attention,
+                                   rngs=r),
+            config.num_layers, scan=config.scan_layers, rngs=rngs)
+        self.encoder_norm = norm_for(config, rngs)
+        self.decoder_relative_bias = RelativePositionBias(
+            config.relative_buckets, config.num_heads, bidirectional=False, **relative)
+        self.decoder_layers = make_blocks(
+            lambda r: CrossAttentionDecoderBlock(config, rngs=r),
+            config.num_decoder_layers, scan=config.scan_layers, rngs=rngs)
+        self.decoder_norm = norm_for(config, rngs)
+        self.lm_head = (
+            None if config.tie_embeddings else
+            Dense((config.embed_dim,), (config.vocab_size,), (axes.EMBED,), (axes.VOCAB,),
+                  use_bias=False, **common))
+
+    def encode(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+        """Encoder output [batch, S, embed] (after its final norm).
+
+        Args:
+          tokens: int [batch, S].
+          segment_ids: int [batch, S]; 0 marks padding (an HF attention_mask).
+          dropout_key: Enables dropout.
+        """
+        config, shard = self.config, self.shard
+        embed_key, layers_key, out_key = split_key(dropout_key, 3)
+        x = self.token_embed(tokens, config.compute_dtype, shard)
+        x = shard(dropout(x, config.dropout_rate, embed_key), _RESIDUAL)
+        length = tokens.shape[1]
+        positions = _positions(tokens)
+        bias = self.encoder_relative_bias(length, length)
+
+        def apply_block(block, h, key):
+            return block(h, positions=positions, segment_ids=segment_ids, config=config,
+                         shard=shard, dropout_key=key, bias=bias)
+
+        x = run_blocks(self.encoder_layers, x, apply_block, num_layers=config.num_layers,
+                       scan=config.scan_layers, remat_policy=config.remat_policy,
+                       dropout_key=layers_key)
+        return dropout(self.encoder_norm(x), config.dropout_rate, out_key)
+
+    def decode(self, tokens: jax.Array, encoded: jax.Array, *,
+               segment_ids: jax.Array | None = None,
+               encoder_segment_ids: jax.Array | None = None,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+        """Decoder output [batch, T, embed] (after its final norm) with teacher forcing.
+
+        Args:
+          tokens: int [batch, T] decoder inputs (targets shifted right).
+          encoded: `encode`'s output.
+          segment_ids: int [batch, T] decoder segments; 0 marks padding.
+          encoder_segment_ids: int [batch, S]; padded encoder tokens are not attended.
+          dropout_key: Enables dropout.
+        """
+        config, shard = self.config, self.shard
+        embed_key, layers_key, out_key = split_key(dropout_key, 3)
+        x = self.token_embed(tokens, config.compute_dtype, shard)
+        x = shard(dropout(x, config.dropout_rate, embed_key), _RESIDUAL)
+        length = tokens.shape[1]
+        positions = _positions(tokens)
+        bias = self.decoder_relative_bias(length, length)
+
+        def apply_block(block, h, key):
+            return block(h, encoded=encoded, positions=positions, segment_ids=segment_ids,
+                         encoder_segment_ids=encoder_segment_ids, bias=bias, config=config,
+                         shard=shard, dropout_key=key)
+
+        x = run_blocks(self.decoder_layers, x, apply_block,
+                       num_layers=config.num_decoder_layers, scan=config.scan_layers,
+                       remat_policy=config.remat_policy, dropout_key=layers_key)
+        return dropout(self.decoder_norm(x), config.dropout_rate, out_key)
+
+    def logits(self, decoded: jax.Array) -> jax.Array:
+        """Vocabulary logits in float32 from `decode`'s output."""
+        if self.config.scale_decoder_output:
+            decoded = decoded * jnp.asarray(self.config.embed_dim ** -0.5, decoded.dtype)
+        if self.lm_head is None:
+            logits = self.token_embed.attend(decoded)
+        else:
+            logits = self.lm_head(decoded)
+        logits = self.shard(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))
+        return logits.astype(jnp.float32)
+
+    def __call__(self, encoder_tokens: jax.Array, decoder_tokens: jax.Array, *,
+                 encoder_segment_ids: jax.Array | None = None,
+                 decoder_segment_ids: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        """Logits [batch, T, vocab] in float32; see `encode` and `decode`."""
+        encoder_key, decoder_key = split_key(dropout_key, 2)
+        encoded = self.encode(encoder_tokens, segment_ids=encoder_segment_ids,
+                              dropout_key=encoder_key)
+        decoded = self.decode(decoder_tokens, encoded, segment_ids=decoder_segment_ids,
+                              encoder_segment_ids=encoder_segment_ids, dropout_key=decoder_key)
+        return self.logits(decoded)
+
+
+def _positions(tokens: jax.Array) -> jax.Array:
+    batch, length = tokens.shape
+    return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))

@@ -1,0 +1,70 @@
+"""The T5-style encoder-decoder: shapes, masks, relative buckets, sharded parity."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from sharding_helpers import sharded_copy
+
+from llmos_jax.errors import UserError
+from llmos_jax.models import EncoderDecoderLM, t5_config
+from llmos_jax.models.relative_position import relative_position_buckets
+
+CONFIG = t5_config("1.1", vocab_size=40, num_layers=2, num_decoder_layers=2, embed_dim=32,
+                   num_heads=4, head_dim=8, mlp_dim=48, relative_buckets=8,
+                   relative_max_distance=16, dropout_rate=0.0)
+RNG = np.random.default_rng(0)
+ENCODER_TOKENS = jnp.asarray(RNG.integers(2, 40, size=(4, 9)))
+DECODER_TOKENS = jnp.asarray(RNG.integers(2, 40, size=(4, 6)))
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_logits_shape(version):
+    config = dataclasses.replace(CONFIG, mlp_activation="relu" if version == "1.0" else "geglu",
+                                 tie_embeddings=version == "1.0")
+    model = EncoderDecoderLM(config, rngs=nnx.Rngs(0))
+    assert (model.lm_head is None) == (version == "1.0")
+    assert model(ENCODER_TOKENS, DECODER_TOKENS).shape == (4, 6, 40)
+
+
+def test_encoder_padding_is_ignored_and_decoder_is_causal():
+    model = EncoderDecoderLM(CONFIG, rngs=nnx.Rngs(0))
+    mask = jnp.asarray(np.where(np.arange(9) < 5, 1, 0)[None].repeat(4, 0))
+    other_pad = ENCODER_TOKENS.at[:, 5:].set(3)
+    full = model(ENCODER_TOKENS, DECODER_TOKENS, encoder_segment_ids=mask)
+    np.testing.assert_allclose(model(other_pad, DECODER_TOKENS, encoder_segment_ids=mask), full,
+                               atol=1e-5)
+    np.testing.assert_allclose(model(ENCODER_TOKENS[:, :5], DECODER_TOKENS), full, atol=1e-5)
+    changed_future = DECODER_TOKENS.at[:, 4:].set(7)
+    prefix = model(ENCODER_TOKENS, changed_future, encoder_segment_ids=mask)[:, :4]
+    np.testing.assert_allclose(prefix, full[:, :4], atol=1e-5)
+
+
+def test_relative_buckets_are_exact_near_and_logarithmic_far():
+    both = np.asarray(relative_position_buckets(1, 40, bidirectional=True, num_buckets=32,
+                                                max_distance=128))[0]
+    assert list(both[:8]) == [0, 17, 18, 19, 20, 21, 22, 23]  # keys after the query: upper half
+    assert both[39] < 32 and (np.diff(both[1:]) >= 0).all()
+    causal = np.asarray(relative_position_buckets(40, 1, bidirectional=False, num_buckets=32,
+                                                  max_distance=128))[:, 0]
+    assert list(causal[:16]) == list(range(16)) and causal[-1] < 32
+
+
+def test_config_rejects_absolute_positions():
+    with pytest.raises(UserError, match="position_embedding"):
+        dataclasses.replace(CONFIG, position_embedding="learned")
+
+
+def test_sharded_equals_unsharded():
+    reference = EncoderDecoderLM(CONFIG, rngs=nnx.Rngs(0))
+    model, _ = sharded_copy(lambda shard: EncoderDecoderLM(CONFIG, rngs=nnx.Rngs(1), shard=shard),
+                            reference)
+    encoder_tokens = jnp.asarray(RNG.integers(2, 40, size=(8, 9)))
+    decoder_tokens = jnp.asarray(RNG.integers(2, 40, size=(8, 6)))
+    mask = jnp.ones_like(encoder_tokens).at[::2, 6:].set(0)
+    forward = nnx.jit(lambda m, e, d, s: m(e, d, encoder_segment_ids=s))
+    ours = forward(model, encoder_tokens, decoder_tokens, mask)
+    expected = reference(encoder_tokens, decoder_tokens, encoder_segment_ids=mask)
+    assert float(jnp.max(jnp.abs(ours - expected))) < 1e-5
