@@ -1,11 +1,16 @@
-"""Multi-head self-attention with grouped-query heads, RoPE and document masks.
+"""Multi-head attention with grouped-query heads, RoPE and document masks.
 
 One module covers multi-head (num_kv_heads == num_heads), grouped-query and
 multi-query (num_kv_heads == 1) attention. Query heads are grouped onto their
 shared key/value head with a reshape, never by repeating K and V in memory.
+Keyword options, off by default, make the same module serve encoders
+(`causal=False`), cross-attention (`context=` the encoder output) and T5
+(`scale_queries=False`, an additive relative-position `bias`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +29,8 @@ def attention_mask(query_segments: jax.Array | None, key_segments: jax.Array | N
     """Boolean [batch|1, 1, query, key] mask: causal and/or same-document.
 
     With packed sequences, tokens attend only within their own segment; segment
-    id 0 marks padding.
+    id 0 marks padding. Given only `key_segments` (e.g. cross-attention from
+    an unpacked decoder), keys with segment 0 are masked.
     """
     mask = None
     if causal:
@@ -32,15 +38,23 @@ def attention_mask(query_segments: jax.Array | None, key_segments: jax.Array | N
     if query_segments is not None and key_segments is not None:
         same = query_segments[:, None, :, None] == key_segments[:, None, None, :]
         mask = same if mask is None else jnp.logical_and(mask, same)
+    elif key_segments is not None:
+        valid = (key_segments != 0)[:, None, None, :]
+        mask = valid if mask is None else jnp.logical_and(mask, valid)
     return mask
 
 
 class SelfAttention(nnx.Module):
-    """Projections q, k, v, out with kernels [embed, heads, kv] and [heads, kv, embed]."""
+    """Projections q, k, v, out with kernels [embed, heads, kv] and [heads, kv, embed].
+
+    `scale_queries=False` drops the 1/sqrt(head_dim) factor (T5 folds it into
+    the initialisation instead).
+    """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  use_bias: bool, init_std: float, out_init_std: float, impl: str,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs, scale_queries: bool = True):
+        self.scale_queries = scale_queries
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -57,33 +71,143 @@ class SelfAttention(nnx.Module):
 
     def __call__(self, x: jax.Array, *, positions: jax.Array, segment_ids: jax.Array | None,
                  rope_theta: float | None, shard: axes.ActivationSharder,
-                 dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
+                 dropout_rate: float = 0.0, dropout_key: jax.Array | None = None,
+                 causal: bool = True, context: jax.Array | None = None,
+                 context_segment_ids: jax.Array | None = None,
+                 bias: jax.Array | None = None) -> jax.Array:
+        """Attends from `x` to itself, or to `context` (cross-attention).
+
+        Args:
+          causal: Mask future keys (decoders); False for encoders and
+            cross-attention.
+          context: Keys and values come from here (an encoder's output)
+            instead of `x`; RoPE is then not applied.
+          context_segment_ids: Segments of `context`; 0 marks padding.
+          bias: Added to the attention scores, [batch|1, heads, query, key]
+            (T5's relative position bias).
+        """
         head_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
+        source = x if context is None else context
+        key_segments = segment_ids if context is None else context_segment_ids
         q = shard(self.query(x), head_axes)
-        k = shard(self.key(x), head_axes)
-        v = shard(self.value(x), head_axes)
-        if rope_theta is not None:
+        k = shard(self.key(source), head_axes)
+        v = shard(self.value(source), head_axes)
+        if rope_theta is not None and context is None:
             q = apply_rope(q, positions, rope_theta)
             k = apply_rope(k, positions, rope_theta)
         probs_key, out_key = split_key(dropout_key, 2)
-        length = x.shape[1]
-        mask = attention_mask(segment_ids, segment_ids, length, length, causal=True)
+        mask = attention_mask(segment_ids, key_segments, x.shape[1], source.shape[1],
+                              causal=causal)
         if self.impl == "cudnn" and (dropout_key is None or dropout_rate == 0.0):
-            y = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+            scale = None if self.scale_queries else 1.0
+            y = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
+                                             implementation="cudnn")
         else:
-            y = self._einsum_attention(q, k, v, mask, dropout_rate, probs_key)
+            y = self._einsum_attention(q, k, v, mask, dropout_rate, probs_key, bias)
         y = shard(y, head_axes)
         return dropout(self.out(y), dropout_rate, out_key)
 
-    def _einsum_attention(self, q, k, v, mask, dropout_rate, key):
+    def _einsum_attention(self, q, k, v, mask, dropout_rate, key, bias=None):
         batch, length, _, _ = q.shape
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(batch, length, self.num_kv_heads, groups, self.head_dim)
-        q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
+        if self.scale_queries:
+            q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
+        if bias is None:
+            if groups == 1:  # plain multi-head: 4-D einsums, no size-1 group axis
+                q = q.reshape(batch, length, self.num_heads, self.head_dim)
+            elif mask is not None:
+                mask = mask[:, :, None]
+            y = softmax_attention(q, k, v, mask, dropout_rate if key is not None else 0.0, key)
+            return y.reshape(batch, length, self.num_heads, self.head_dim)
         scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32)
+        if bias is not None:
+            scores = scores + bias.astype(jnp.float32).reshape(
+                bias.shape[0], self.num_kv_heads, groups, *bias.shape[2:])
         if mask is not None:
             scores = jnp.where(mask[:, :, None], scores, _NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1)
         probs = dropout(probs, dropout_rate, key).astype(v.dtype)
         y = jnp.einsum("bkgts,bskd->btkgd", probs, v)
         return y.reshape(batch, length, self.num_heads, self.head_dim)
+
+
+# Attention as one differentiable op with a hand-written backward pass. Autodiff
+# of einsum -> where -> softmax -> dropout -> einsum keeps several [batch, heads,
+# query, key] float32 tensors per layer for the backward pass and recomputes the
+# softmax's row sums there; this keeps only the probabilities (and regenerates
+# the dropout mask from its key), and gets the softmax backward's row term from
+# the (much smaller) output instead. With W = dropout(P) and O = W V:
+#   dV = W^T dO,  dW = dO V^T,  dP = dropout'(dW),  dS = P * (dP - rowsum(dO * O)),
+#   dQ = dS K,  dK = dS^T Q     (rowsum(dP * P) == rowsum(dW * W) == rowsum(dO * O)).
+# Outputs and dropout masks are those of the plain formula; gradients equal
+# autodiff's up to float round-off (tests/test_models_attention_grad.py).
+# Layouts: q [b, t, h, d] with k, v [b, s, h, d] (multi-head), or q [b, t, k, g, d]
+# with k, v [b, s, k, d] (grouped-query); mask broadcasts against the scores.
+
+def _attention_specs(q: jax.Array) -> tuple[str, str, str]:
+    """einsum specs: scores (q k^T), output (P v), and P^T dO."""
+    if q.ndim == 4:
+        return "bthd,bshd->bhts", "bhts,bshd->bthd", "bhts,bthd->bshd"
+    return "btkgd,bskd->bkgts", "bkgts,bskd->btkgd", "bkgts,btkgd->bskd"
+
+
+def _dropout_keep(probs: jax.Array, rate: float, key: jax.Array | None) -> jax.Array | None:
+    # The same draw as `llmos_jax.models.dropout.dropout(probs, rate, key)`.
+    if key is None or rate == 0.0:
+        return None
+    return jax.random.bernoulli(key, 1.0 - rate, probs.shape)
+
+
+def _apply_keep(x: jax.Array, keep: jax.Array | None, rate: float) -> jax.Array:
+    if keep is None:
+        return x
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _softmax_attention_forward(q, k, v, mask, dropout_rate, dropout_key):
+    scores_spec, out_spec, _ = _attention_specs(q)
+    scores = jnp.einsum(scores_spec, q, k, preferred_element_type=jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, _NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    weights = _apply_keep(probs, _dropout_keep(probs, dropout_rate, dropout_key), dropout_rate)
+    out = jnp.einsum(out_spec, weights.astype(v.dtype), v)
+    return out, (q, k, v, probs, out, dropout_key)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                      dropout_rate: float = 0.0,
+                      dropout_key: jax.Array | None = None) -> jax.Array:
+    """dropout(softmax(q k^T, masked)) v for already-scaled q; layouts in the comment above.
+
+    Dropout on the probabilities is active when `dropout_key` is given and
+    `dropout_rate` > 0 (pass both positionally).
+    """
+    return _softmax_attention_forward(q, k, v, mask, dropout_rate, dropout_key)[0]
+
+
+def _softmax_attention_backward(dropout_rate, residuals, d_out):
+    q, k, v, probs, out, dropout_key = residuals
+    scores_spec, out_spec, transposed_spec = _attention_specs(q)
+    keep = _dropout_keep(probs, dropout_rate, dropout_key)
+    weights = _apply_keep(probs, keep, dropout_rate)
+    dv = jnp.einsum(transposed_spec, weights.astype(v.dtype), d_out)
+    d_probs = _apply_keep(
+        jnp.einsum(scores_spec, d_out, v, preferred_element_type=jnp.float32), keep,
+        dropout_rate)
+    # One pass over [b, t, h, d] instead of one over [b, h, t, s].
+    row = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
+    row = jnp.moveaxis(row, 1, -1)[..., None]  # [b, h, t, 1] or [b, k, g, t, 1]
+    d_scores = (probs * (d_probs - row)).astype(q.dtype)  # masked entries: P = 0
+    dq = jnp.einsum(out_spec, d_scores, k)
+    dk = jnp.einsum(transposed_spec, d_scores, q)
+    return dq, dk, dv, None, None
+
+
+def _softmax_attention_fwd_rule(q, k, v, mask, dropout_rate, dropout_key):
+    return _softmax_attention_forward(q, k, v, mask, dropout_rate, dropout_key)
+
+
+softmax_attention.defvjp(_softmax_attention_fwd_rule, _softmax_attention_backward)

@@ -161,8 +161,28 @@ class DecoderLM(nnx.Module):
         if config.remat_policy != "none":
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat_policy],
                                   prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, (state, keys))
+        x, _ = jax.lax.scan(body, x, (state, keys), unroll=layer_scan_unroll(config.num_layers))
         return x
+
+
+# Deepest stack that is unrolled on CPU. Unrolling costs compile time roughly
+# linear in depth; CPU-sized models are shallow.
+_CPU_UNROLL_MAX_LAYERS = 48
+
+
+def layer_scan_unroll(num_layers: int) -> int:
+    """How many stacked layers one iteration of the layer scan runs.
+
+    On CPU the whole stack is unrolled: the parameter layout stays stacked
+    (a leading `layers` axis), but XLA:CPU then runs straight-line code
+    instead of a while loop that zero-fills and copies the stacked
+    residuals and gradients every step (a third of a small model's step time,
+    see docs/performance.md). Elsewhere the loop stays rolled, so compile time
+    does not grow with depth.
+    """
+    if jax.default_backend() == "cpu" and num_layers <= _CPU_UNROLL_MAX_LAYERS:
+        return max(num_layers, 1)
+    return 1
 
 
 def _stacked_blocks(config: TransformerConfig, rngs: nnx.Rngs) -> DecoderBlock:

@@ -49,5 +49,5 @@ class Mlp(nnx.Module):
         else:
             h = act(self.wi_gate(x)) * self.wi_up(x)
         h = shard(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
-        h = dropout(h, dropout_rate, dropout_key)
-        return self.wo(h)
+        # Residual dropout on the block output, as in GPT-2/nanoGPT and Hugging Face.
+        return dropout(self.wo(h), dropout_rate, dropout_key)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from llmos_jax import runtime
 from llmos_jax.partitioning.global_batch import batch_sharding
 from llmos_jax.partitioning.rules import AxisRules
 from llmos_jax.training.loss import cross_entropy_sums
@@ -141,7 +142,13 @@ def make_eval_step(spec: ModelSpec):
 
 def jit_train_step(train_step, state_shardings: TrainState, batch_keys, mesh: Mesh,
                    rules: AxisRules):
-    """jit with explicit in/out shardings; the old state's buffers are donated."""
+    """jit with explicit in/out shardings; the old state's buffers are donated.
+
+    On CPU this also tunes the host allocator (`llmos_jax.runtime`), in case the
+    entry point did not do it before JAX started.
+    """
+    if any(device.platform == "cpu" for device in mesh.devices.flat):
+        runtime.configure_host_allocator()
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_shardings = {k: batch_sharding(mesh, rules, 2) for k in batch_keys}
     return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import optax
 
+from llmos_jax import runtime
 from llmos_jax.data.lm_batches import LMBatches
 from llmos_jax.errors import UserError
 from llmos_jax.inference.preview_sampler import sample_tokens
@@ -178,6 +179,8 @@ def train(
       progress_bar: Show a progress bar on stderr.
     """
     started = time.time()
+    # Before any XLA computation: makes malloc recycle XLA:CPU's per-step buffers.
+    runtime.configure_host_runtime()
     model_path = check_writable(model_dir)
     rules = rules_from_mapping(axis_rules)
     mesh = build_mesh(mesh_config)

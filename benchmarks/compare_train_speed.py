@@ -1,0 +1,395 @@
+#!/usr/bin/env python
+"""Times llmos_jax's training step against plain PyTorch, alternating, in one run.
+
+The JAX side is the framework's real path: `DecoderLM` with a GPT-2 config,
+`make_optimizer` (clip 1.0 + AdamW with the weight-decay mask),
+`make_train_step` / `jit_train_step` on a 1-device mesh with the default rules
+and buffer donation, as `llmos train` and `tools/bench_train.py` build it, in
+a process set up by `llmos_jax.runtime.configure_host_runtime()` as the `llmos`
+entry point does. The PyTorch side is `benchmarks/torch_gpt.py` (eager, no
+torch.compile). Both use float32 and do the whole step: forward,
+cross-entropy, backward, global-norm clip, AdamW update.
+
+Each framework runs in its own worker process (two runtimes in one process
+fight over the cores: JAX's worker threads and PyTorch's OpenMP threads
+spin-wait on each other, which slows PyTorch by ~15% here). The parent
+alternates single steps JAX, PyTorch, PyTorch, JAX, ... with a short pause
+between steps, so background load hits both alike; each step is timed to
+completion inside its worker (JAX: `block_until_ready` on the new state and
+metrics). Prints the median step times, the ratio torch_time / jax_time
+(>= 1.0 means llmos_jax is at least as fast), and MFU against float32 matmul
+peaks measured in the same run.
+
+    python benchmarks/compare_train_speed.py                      # small and large
+    python benchmarks/compare_train_speed.py --setup=small --reps=100
+    python benchmarks/compare_train_speed.py --setup=large --reps=20
+    python benchmarks/compare_train_speed.py --setup=small --jax.scan_layers=False
+
+PyTorch's eager step is far more sensitive to other processes on the same
+cores than XLA's (two OpenMP threads barrier-wait for each other every op), so
+run it on an otherwise idle machine; the load average is printed with the
+results. Needs PyTorch: `pip install -e '.[reference]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    name: str
+    num_layers: int
+    num_heads: int
+    embed_dim: int
+    context: int
+    batch: int
+    vocab: int = 65
+    # nanoGPT's shakespeare_char optimizer settings.
+    learning_rate: float = 1e-3
+    b1: float = 0.9
+    b2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+SETUPS = {
+    # nanoGPT shakespeare_char "CPU" settings, dropout 0.
+    "small": Setup("small", num_layers=4, num_heads=4, embed_dim=128, context=64, batch=12),
+    # nanoGPT shakespeare_char GPU model at batch 16, dropout 0.
+    "large": Setup("large", num_layers=6, num_heads=6, embed_dim=384, context=256, batch=16),
+}
+DEFAULT_REPS = {"small": 60, "large": 12}
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def build_jax(setup: Setup, jax_overrides: dict):
+    """The llmos_jax train step for `setup`, through the framework's own builders.
+
+    Returns (config, number of parameters, step function, holder of the state).
+    """
+    import jax
+    import numpy as np
+
+    from llmos_jax.models import DecoderLM, TransformerConfig
+    from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
+                                        host_local_to_global)
+    from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
+    from llmos_jax.training.train_state import init_train_state, model_spec, state_shardings
+    from llmos_jax.training.train_step import (INPUTS, TARGETS, WEIGHTS, StepConfig,
+                                               jit_train_step, make_train_step)
+
+    fields = dict(
+        vocab_size=setup.vocab, num_layers=setup.num_layers, embed_dim=setup.embed_dim,
+        num_heads=setup.num_heads, max_len=setup.context, position_embedding="learned",
+        norm="layernorm", norm_eps=1e-5, mlp_activation="gelu", use_bias=True,
+        tie_embeddings=True, dropout_rate=0.0, dtype="float32", param_dtype="float32")
+    fields.update(jax_overrides)
+    config = TransformerConfig(**fields)
+    mesh = build_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    rules = DEFAULT_RULES
+    spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=LogicalSharder(mesh, rules)),
+                      0)
+    tx = make_optimizer(name="adamw", learning_rate=setup.learning_rate, b1=setup.b1,
+                        b2=setup.b2, eps=setup.eps, weight_decay=setup.weight_decay,
+                        grad_clip_norm=setup.grad_clip)
+    shardings = state_shardings(spec, tx, mesh, rules)
+    state = init_train_state(spec, tx, shardings)
+    step_fn = jit_train_step(
+        make_train_step(spec, tx, current_learning_rate,
+                        StepConfig(use_dropout=config.dropout_rate > 0), mesh, rules),
+        shardings, [INPUTS, TARGETS, WEIGHTS], mesh, rules)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, setup.vocab, (setup.batch, setup.context + 1), dtype=np.int32)
+    batch = host_local_to_global(
+        {INPUTS: tokens[:, :-1], TARGETS: tokens[:, 1:],
+         WEIGHTS: np.ones((setup.batch, setup.context), np.float32)}, mesh, rules)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = step_fn(holder["state"], batch)
+        jax.block_until_ready((holder["state"], metrics))
+        return metrics
+
+    return config, num_params, step, holder
+
+
+def build_torch(setup: Setup, attention: str = "sdpa", adamw: str = "foreach"):
+    """The PyTorch reference step for `setup`: (number of parameters, step function)."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, HERE)
+    from torch_gpt import TorchGPT, TorchGPTConfig, make_adamw, make_train_step
+
+    torch.manual_seed(0)
+    model = TorchGPT(TorchGPTConfig(vocab_size=setup.vocab, num_layers=setup.num_layers,
+                                    num_heads=setup.num_heads, embed_dim=setup.embed_dim,
+                                    max_len=setup.context, attention=attention))
+    optimizer = make_adamw(model, learning_rate=setup.learning_rate, b1=setup.b1, b2=setup.b2,
+                           eps=setup.eps, weight_decay=setup.weight_decay, implementation=adamw)
+    train_step = make_train_step(model, optimizer, setup.grad_clip)
+    rng = np.random.default_rng(0)
+    tokens = torch.from_numpy(
+        rng.integers(0, setup.vocab, (setup.batch, setup.context + 1)).astype(np.int64))
+    inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+
+    def step():
+        return train_step(inputs, targets)
+
+    return model.num_params(), step
+
+
+def flops_per_token(setup: Setup) -> float:
+    from llmos_jax.monitoring.flops import decoder_training_flops_per_token
+
+    head_dim = setup.embed_dim // setup.num_heads
+    return decoder_training_flops_per_token(
+        num_layers=setup.num_layers, embed_dim=setup.embed_dim, num_heads=setup.num_heads,
+        num_kv_heads=setup.num_heads, head_dim=head_dim, mlp_dim=4 * setup.embed_dim,
+        vocab_size=setup.vocab, seq_len=setup.context, gated_mlp=False)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _matmul_peak(framework: str, size: int, repeats: int = 10) -> float:
+    """float32 size x size matmul FLOP/s (median of `repeats`) in this worker's framework."""
+    if framework == "jax":
+        import jax.numpy as jnp
+
+        from llmos_jax.monitoring.peak_flops import measure_matmul_peak
+        return measure_matmul_peak(jnp.float32, size=size, repeats=repeats)
+    import torch
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - start)
+    return 2.0 * size ** 3 / statistics.median(seconds)
+
+
+def worker_main(args, jax_overrides) -> int:
+    """Builds one framework's step, then serves `step` / `peak SIZE` / `quit` lines on stdin."""
+    setup = SETUPS[args.setup]
+    if args.worker == "jax":
+        if not args.no_runtime_config:
+            from llmos_jax import runtime
+            runtime.configure_host_runtime()  # what the `llmos` entry point does first
+        import jax
+        _, num_params, step, _ = build_jax(setup, jax_overrides)
+        info = {"framework": f"jax {jax.__version__}", "threads": os.cpu_count()}
+    else:
+        import torch
+        num_params, step = build_torch(setup, args.torch_attention, args.torch_adamw)
+        info = {"framework": f"torch {torch.__version__}", "threads": torch.get_num_threads()}
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    info.update(params=num_params, warmup_seconds=time.perf_counter() - start)
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        if command[0] == "step":
+            start = time.perf_counter()
+            step()
+            print(time.perf_counter() - start, flush=True)
+        elif command[0] == "peak":
+            print(_matmul_peak(args.worker, int(command[1])), flush=True)
+    return 0
+
+
+class Worker:
+    def __init__(self, kind: str, args, passthrough: list[str]):
+        command = [sys.executable, os.path.abspath(__file__), f"--worker={kind}",
+                   f"--setup={args.setup_name}", f"--warmup={args.warmup}",
+                   f"--torch_attention={args.torch_attention}",
+                   f"--torch_adamw={args.torch_adamw}", *passthrough]
+        if args.no_runtime_config:
+            command.append("--no_runtime_config")
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {kind} worker exited before it was ready: {command}")
+        self.info = json.loads(line)
+
+    def ask(self, command: str) -> float:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return float(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.write("quit\n")
+        self.process.stdin.flush()
+        self.process.wait()
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _busy_jiffies(pids) -> tuple[int, int]:
+    """(CPU jiffies busy on the whole machine, jiffies used by `pids`), Linux only."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        busy = sum(fields) - fields[3] - fields[4]
+        ours = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read().rsplit(")", 1)[1].split()
+            ours += int(stat[11]) + int(stat[12])  # utime, stime
+        return busy, ours
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+
+
+def _quartiles(times):
+    q = statistics.quantiles(times, n=4)
+    return q[0], q[2]
+
+
+def run_setup(name: str, args, passthrough) -> dict:
+    setup = SETUPS[name]
+    args.setup_name = name
+    jax_worker = Worker("jax", args, passthrough)
+    torch_worker = Worker("torch", args, passthrough)
+    load_before = _loadavg()
+    print(f"[{name}] {setup.num_layers} layers x {setup.embed_dim}, {setup.num_heads} heads, "
+          f"context {setup.context}, batch {setup.batch}, vocab {setup.vocab}, float32, dropout 0")
+    equal = jax_worker.info["params"] == torch_worker.info["params"]
+    print(f"[{name}] parameters: llmos_jax {jax_worker.info['params']:,}  "
+          f"torch {torch_worker.info['params']:,}  {'(equal)' if equal else '(DIFFERENT!)'}")
+    print(f"[{name}] compile + {args.warmup} warm-up steps: jax "
+          f"{jax_worker.info['warmup_seconds']:.1f} s, torch "
+          f"{torch_worker.info['warmup_seconds']:.1f} s; torch intra-op threads "
+          f"{torch_worker.info['threads']}")
+    reps = args.reps or DEFAULT_REPS[name]
+    times = {"jax": [], "torch": []}
+    order = [("jax", jax_worker), ("torch", torch_worker)]
+    pids = [os.getpid(), jax_worker.process.pid, torch_worker.process.pid]
+    busy0, ours0 = _busy_jiffies(pids)
+    start = time.perf_counter()
+    for i in range(reps):
+        for key, worker in (order if i % 2 == 0 else order[::-1]):
+            time.sleep(args.gap)
+            times[key].append(1e3 * worker.ask("step"))
+    busy1, ours1 = _busy_jiffies(pids)
+    # CPU used by *other* processes while we timed, in cores (0 = we had the machine).
+    other_cores = ((busy1 - busy0) - (ours1 - ours0)) / os.sysconf("SC_CLK_TCK") / (
+        time.perf_counter() - start)
+    peaks = {"jax": [], "torch": []}
+    for i in range(3):
+        for key, worker in (order if i % 2 == 0 else order[::-1]):
+            time.sleep(args.gap)
+            peaks[key].append(worker.ask(f"peak {args.peak_size}"))
+    jax_worker.close()
+    torch_worker.close()
+    result = dict(setup=name, reps=reps, load_before=load_before, load_after=_loadavg(),
+                  other_cores=other_cores,
+                  jax_params=jax_worker.info["params"], torch_params=torch_worker.info["params"],
+                  flops_per_token=flops_per_token(setup), tokens=setup.batch * setup.context,
+                  jax_peak=max(peaks["jax"]), torch_peak=max(peaks["torch"]))
+    for key in ("jax", "torch"):
+        result[f"{key}_ms"] = statistics.median(times[key])
+        result[f"{key}_q"] = _quartiles(times[key])
+    result["ratio"] = result["torch_ms"] / result["jax_ms"]
+    print(f"[{name}] median step over {reps} alternating reps: llmos_jax {result['jax_ms']:.2f} ms "
+          f"(IQR {result['jax_q'][0]:.2f}-{result['jax_q'][1]:.2f})  torch "
+          f"{result['torch_ms']:.2f} ms (IQR {result['torch_q'][0]:.2f}-"
+          f"{result['torch_q'][1]:.2f})  ratio torch/jax {result['ratio']:.3f}  "
+          f"[other processes used {other_cores:.2f} cores meanwhile; load {load_before} -> "
+          f"{result['load_after']}]")
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--setup", choices=["small", "large", "both"], default="both")
+    parser.add_argument("--reps", type=int, default=0,
+                        help="timed steps per framework (default 60 small, 12 large)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--gap", type=float, default=0.02,
+                        help="seconds of pause before each step, so the other worker's threads "
+                        "have gone idle")
+    parser.add_argument("--torch_attention", choices=["sdpa", "manual"], default="sdpa")
+    parser.add_argument("--torch_adamw", choices=["foreach", "fused", "for-loop"],
+                        default="foreach")
+    parser.add_argument("--peak_size", type=int, default=1024)
+    parser.add_argument("--no_runtime_config", action="store_true",
+                        help="JAX worker: skip llmos_jax.runtime.configure_host_runtime()")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args(argv)
+    bad = [r for r in rest if not (r.startswith("--jax.") and "=" in r)]
+    if bad:
+        parser.error(f"unrecognised arguments {bad}; TransformerConfig overrides look like "
+                     "--jax.FIELD=VALUE")
+    jax_overrides = {}
+    for item in rest:
+        key, value = item[len("--jax."):].split("=", 1)
+        try:
+            jax_overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            jax_overrides[key] = value
+    if args.worker:
+        return worker_main(args, jax_overrides)
+
+    from llmos_jax.monitoring.flops import mfu
+
+    names = ["small", "large"] if args.setup == "both" else [args.setup]
+    print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch attention="
+          f"{args.torch_attention}, AdamW={args.torch_adamw}; jax overrides "
+          f"{jax_overrides or 'none'}")
+    results = [run_setup(name, args, rest) for name in names]
+    print()
+    print("| setup | params | llmos_jax ms/step | torch ms/step | torch/jax | "
+          "llmos_jax MFU | torch MFU |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        # MFU of both against the larger of the two measured peaks (same hardware).
+        peak = max(r["jax_peak"], r["torch_peak"])
+        r["peak"] = peak
+        for key in ("jax", "torch"):
+            r[f"{key}_mfu"] = mfu(flops_per_token=r["flops_per_token"],
+                                  tokens_per_second=r["tokens"] / (r[f"{key}_ms"] / 1e3),
+                                  peak_flops_per_second=peak)
+        print(f"| {r['setup']} | {r['jax_params']:,} | {r['jax_ms']:.2f} | {r['torch_ms']:.2f} | "
+              f"{r['ratio']:.3f} | {100 * r['jax_mfu']:.1f}% | {100 * r['torch_mfu']:.1f}% |")
+    for r in results:
+        print(f"[{r['setup']}] model FLOPs/token {r['flops_per_token'] / 1e6:.2f} M; float32 "
+              f"matmul peak ({args.peak_size}^2, best of 3 medians): jax "
+              f"{r['jax_peak'] / 1e9:.1f}, torch {r['torch_peak'] / 1e9:.1f} GFLOP/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
