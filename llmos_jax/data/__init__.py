@@ -11,6 +11,10 @@ docs/data.md is the user guide.
 - ``sources``: seqio sources over those files, Python functions and TFDS.
 - ``char_vocabulary``, ``sentencepiece_vocab``: character and SentencePiece
   vocabularies (training included); bytes use ``seqio.ByteVocabulary``.
+- ``wordpiece_tokenizer`` (pure Python), ``wordpiece_vocab``: BERT WordPiece
+  (all-MiniLM-L6-v2's ``vocab.txt``), tokenizing as Hugging Face does.
+- ``finetune_tasks``: SST-2, CoNLL-2003, Multi30k and DialogSum example
+  builders (no TensorFlow) and their seqio tasks.
 - ``registry``: Task/Mixture registration recipes and the one name lookup.
 - ``catalog``: the built-in tasks, registered on first use.
 - ``stdlib_corpus``, ``text_tasks``: the default corpus and plain-text tasks.

@@ -14,7 +14,15 @@ relative to the data directory (``data_dir``).
 ``tang_poems_spm``         the same poems, a SentencePiece vocabulary
 ``dialogsum_bytes``        dialogsum JSONL, dialogue -> summary (text to text)
 ``multi30k_en_de_bytes``   multi30k .gz line pairs, English -> German
+``sst2_minilm``            GLUE SST-2 classification, MiniLM WordPiece (``finetune_tasks``)
+``conll2003_minilm``       CoNLL-2003 NER, IOB2 labels on first sub-tokens, MiniLM WordPiece
+``multi30k_en_de_spm``     Multi30k English -> German, a SentencePiece vocabulary
+``dialogsum_spm``          DialogSum dialogue -> summary, a SentencePiece vocabulary
 =========================  ==================================================
+
+Pretraining tasks (``pretraining_tasks``): ``bert_mlm_nsp_shakespeare_bytes``
+(BERT MLM + NSP) and ``span_corruption_shakespeare_bytes`` (T5 span
+corruption), both on tinyshakespeare, byte-level.
 """
 
 from __future__ import annotations
@@ -24,9 +32,10 @@ from collections.abc import Callable
 import gin
 import seqio
 
-from llmos_jax.data import text_tasks
+from llmos_jax.data import pretraining_tasks, text_tasks
 from llmos_jax.data.char_vocabulary import CharacterVocabulary
 from llmos_jax.data.data_dir import resolve_data_files, resolve_data_path
+from llmos_jax.data.finetune_tasks import seqio_tasks as finetune_tasks
 from llmos_jax.data.records import JsonArrayFormat, JsonlFormat, LinesFormat, read_records
 from llmos_jax.data.registry import register_lm_task, register_text_to_text_task
 from llmos_jax.data.sentencepiece_vocab import require_model_file, sentencepiece_vocabulary
@@ -185,6 +194,13 @@ BUILTIN_TASKS: dict[str, Callable[[], str]] = {
     TANG_SPM: register_tang_poems_spm,
     "dialogsum_bytes": register_dialogsum_bytes,
     "multi30k_en_de_bytes": register_multi30k_en_de_bytes,
+    finetune_tasks.SST2: finetune_tasks.register_sst2_minilm,
+    finetune_tasks.CONLL: finetune_tasks.register_conll2003_minilm,
+    finetune_tasks.MULTI30K: finetune_tasks.register_multi30k_en_de_spm,
+    finetune_tasks.DIALOGSUM: finetune_tasks.register_dialogsum_spm,
+    pretraining_tasks.BERT_SHAKESPEARE: pretraining_tasks.register_bert_mlm_nsp_shakespeare_bytes,
+    pretraining_tasks.SPAN_CORRUPTION_SHAKESPEARE:
+        pretraining_tasks.register_span_corruption_shakespeare_bytes,
 }
 """Built-in task name to the function that registers it (with its gin-bound arguments)."""
 

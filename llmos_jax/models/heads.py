@@ -25,7 +25,7 @@ from llmos_jax.models.dense import Dense
 from llmos_jax.models.dropout import dropout
 from llmos_jax.models.embeddings import TokenEmbedding
 from llmos_jax.models.encoder import Encoder, EncoderConfig
-from llmos_jax.models.mlp import _ACTIVATIONS
+from llmos_jax.models.mlp import ACTIVATIONS
 
 Pooling = Literal["cls", "mean"]
 
@@ -44,7 +44,7 @@ class MaskedLmHead(nnx.Module):
                                     (axes.VOCAB,), config.storage_dtype)
 
     def __call__(self, hidden: jax.Array, token_embed: TokenEmbedding) -> jax.Array:
-        h = self.transform_norm(_ACTIVATIONS[self.activation](self.transform(hidden)))
+        h = self.transform_norm(ACTIVATIONS[self.activation](self.transform(hidden)))
         return token_embed.attend(h) + self.bias[...].astype(h.dtype)
 
 

@@ -10,7 +10,8 @@ from llmos_jax.models import axes
 from llmos_jax.models.dense import Dense
 from llmos_jax.models.dropout import dropout
 
-_ACTIVATIONS = {
+# Name -> elementwise function; also used by the masked-LM head's transform.
+ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_exact": lambda x: jax.nn.gelu(x, approximate=False),
     "relu": jax.nn.relu,
@@ -43,7 +44,7 @@ class Mlp(nnx.Module):
 
     def __call__(self, x: jax.Array, *, shard: axes.ActivationSharder,
                  dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
-        act = _ACTIVATIONS[self.activation]
+        act = ACTIVATIONS[self.activation]
         if self.wi is not None:
             h = act(self.wi(x))
         else:

@@ -15,7 +15,7 @@ Gradient accumulation is the train step's job, not the optimizer's.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gin
@@ -24,6 +24,9 @@ import jax.numpy as jnp
 import optax
 
 from llmos_jax.errors import UserError
+# Registers @warmup_then_decay, the schedule gin binds to make_optimizer.learning_rate.
+from llmos_jax.training import schedules  # noqa: F401
+from llmos_jax.training.param_groups import ParamGroups, scale_by_group, zero_frozen
 from llmos_jax.training.weight_decay import weight_decay_mask
 
 MaskFn = Callable[[Any], Any]
@@ -109,6 +112,8 @@ def make_optimizer(
     weight_decay: float = 0.1,
     grad_clip_norm: float | None = 1.0,
     mask_fn: MaskFn = weight_decay_mask,
+    frozen_patterns: Sequence[str] = (),
+    learning_rate_multipliers: Mapping[str, float] | Sequence[tuple[str, float]] = (),
 ) -> optax.GradientTransformation:
     """Gradient clipping, then AdamW, Adafactor or Lion with masked weight decay.
 
@@ -129,6 +134,10 @@ def make_optimizer(
       grad_clip_norm: clip the gradients' global norm to this before the
         optimizer sees them; None does not clip.
       mask_fn: params -> pytree of bools, True where weight decay applies.
+      frozen_patterns: regular expressions on parameter paths ("encoder/...");
+        matching parameters are not updated (see `param_groups`).
+      learning_rate_multipliers: pattern -> multiplier of the learning rate
+        for matching parameters, e.g. {'^classifier/': 10.0}.
 
     Returns:
       An optax transformation; its state is an `InjectHyperparamsState` whose
@@ -139,14 +148,22 @@ def make_optimizer(
     """
     _validate(name=name, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
               weight_decay=weight_decay, grad_clip_norm=grad_clip_norm)
-    build = _OPTIMIZERS[name]
+    groups = ParamGroups(frozen_patterns, learning_rate_multipliers)
+
+    def build(rate) -> optax.GradientTransformation:
+        return _OPTIMIZERS[name](rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                                 mask_fn=mask_fn)
 
     def clipped_optimizer(learning_rate) -> optax.GradientTransformation:
-        optimizer = build(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                          mask_fn=mask_fn)
-        if grad_clip_norm is None:
-            return optimizer
-        return optax.chain(optax.clip_by_global_norm(grad_clip_norm), optimizer)
+        if not groups.active:
+            optimizer = build(learning_rate)
+            if grad_clip_norm is None:
+                return optimizer
+            return optax.chain(optax.clip_by_global_norm(grad_clip_norm), optimizer)
+        steps = [zero_frozen(groups)] if groups.frozen else []
+        if grad_clip_norm is not None:
+            steps.append(optax.clip_by_global_norm(grad_clip_norm))
+        return optax.chain(*steps, build(learning_rate), scale_by_group(groups))
 
     # float32 explicitly: by default optax stores hyperparameters in the
     # params' dtype, which for bf16 params would round the logged rate.

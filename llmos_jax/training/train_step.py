@@ -1,15 +1,18 @@
 """The jit-compiled train and eval steps, with explicit shardings and donation.
 
-Gradient accumulation splits the global batch into microbatches inside the
-step (a `lax.scan`), summing loss terms and gradients in float32, so the result
-equals one big batch up to summation order. Dropout keys are
-`fold_in(seed, step)`: a resumed run draws the same masks.
+What the step computes is the objective's business (`objectives`): it maps a
+batch to float32 sums and says how they make the loss. The step itself is the
+same for every model family. Gradient accumulation splits the global batch
+into microbatches inside the step (a `lax.scan`), summing loss terms and
+gradients in float32; the loss's denominators are read from the whole batch
+first, so the result equals one big batch up to summation order. Dropout keys
+are `fold_in(seed, step)`: a resumed run draws the same masks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,16 +22,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from llmos_jax import runtime
 from llmos_jax.partitioning.global_batch import batch_sharding
 from llmos_jax.partitioning.rules import AxisRules
-from llmos_jax.training.loss import cross_entropy_sums
+from llmos_jax.training.objectives import CausalLm, Objective
+from llmos_jax.training.objectives.language_modeling import (INPUTS, POSITIONS, SEGMENTS,
+                                                             TARGETS, WEIGHTS)
 from llmos_jax.training.train_state import ModelSpec, TrainState
 
 Batch = Mapping[str, jax.Array]
 
-INPUTS = "decoder_input_tokens"
-TARGETS = "decoder_target_tokens"
-WEIGHTS = "decoder_loss_weights"
-SEGMENTS = "decoder_segment_ids"
-POSITIONS = "decoder_positions"
+__all__ = ["INPUTS", "TARGETS", "WEIGHTS", "SEGMENTS", "POSITIONS", "StepConfig",
+           "make_train_step", "make_eval_step", "jit_train_step", "jit_eval_step"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +48,6 @@ class StepConfig:
     z_loss: float = 0.0
     dropout_seed: int = 0
     use_dropout: bool = True
-
-
-def _forward_sums(spec: ModelSpec, params, batch: Batch, z_loss: float, dropout_key):
-    model = spec.merge(params)
-    logits = model(batch[INPUTS], positions=batch.get(POSITIONS),
-                   segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
-    return cross_entropy_sums(logits, batch[TARGETS], batch[WEIGHTS], z_loss)
 
 
 def _split_microbatches(batch: Batch, n: int, mesh: Mesh, rules: AxisRules) -> Batch:
@@ -73,36 +68,41 @@ def _split_microbatches(batch: Batch, n: int, mesh: Mesh, rules: AxisRules) -> B
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
                     learning_rate_of: Callable[[optax.OptState], jax.Array], config: StepConfig,
-                    mesh: Mesh, rules: AxisRules):
+                    mesh: Mesh, rules: AxisRules, objective: Objective | None = None):
     """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted).
 
     Args:
       learning_rate_of: Reads the learning rate the update applied from the new
         optimizer state (see `optimizers.current_learning_rate`).
+      objective: What to compute; the decoder LM (`CausalLm`) by default.
     """
+    objective = CausalLm() if objective is None else objective
 
-    def grads_and_sums(params, batch, key):
+    def grads_and_sums(params, batch, key, denominators):
         def loss_fn(p):
-            sums = _forward_sums(spec, p, batch, config.z_loss, key)
-            return sums["loss"], sums
+            sums = objective.sums(spec.merge(p), batch, dropout_key=key, z_loss=config.z_loss)
+            return objective.loss(sums, denominators), sums
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, sums
 
     def train_step(state: TrainState, batch: Batch):
         base_key = (jax.random.fold_in(jax.random.key(config.dropout_seed), state.step)
                     if config.use_dropout else None)
+        denominators = objective.denominators(batch)
         if config.microbatches == 1:
-            grads, sums = grads_and_sums(state.params, batch, base_key)
+            grads, sums = grads_and_sums(state.params, batch, base_key, denominators)
         else:
             micro = _split_microbatches(batch, config.microbatches, mesh, rules)
+            first = jax.tree.map(lambda x: x[0], micro)
+            sums_shape = jax.eval_shape(
+                lambda: grads_and_sums(state.params, first, base_key, denominators)[1])
             zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-            zero_sums = {k: jnp.zeros((), jnp.float32)
-                         for k in ("loss", "cross_entropy", "z_loss", "correct", "weight")}
+            zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
 
             def accumulate(carry, xs):
                 index, mb = xs
                 key = None if base_key is None else jax.random.fold_in(base_key, index)
-                g, s = grads_and_sums(state.params, mb, key)
+                g, s = grads_and_sums(state.params, mb, key, denominators)
                 acc_g, acc_s = carry
                 acc_g = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc_g, g)
                 acc_s = {k: acc_s[k] + s[k] for k in acc_s}
@@ -111,15 +111,11 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
             (grads, sums), _ = jax.lax.scan(
                 accumulate, (zero_grads, zero_sums),
                 (jnp.arange(config.microbatches), micro))
-        denom = jnp.maximum(sums["weight"], 1.0)
-        grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
-            "loss": sums["cross_entropy"] / denom,
-            "z_loss": sums["z_loss"] / denom,
-            "accuracy": sums["correct"] / denom,
-            "tokens": sums["weight"],
+            **objective.metrics(sums),
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),
             "learning_rate": jnp.asarray(learning_rate_of(opt_state), jnp.float32),
@@ -129,15 +125,24 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
     return train_step
 
 
-def make_eval_step(spec: ModelSpec):
-    """Returns `eval_step(params, batch) -> sums` (deterministic, no dropout)."""
+def make_eval_step(spec: ModelSpec, objective: Objective | None = None):
+    """Returns `eval_step(params, batch) -> sums` (deterministic, no dropout).
+
+    Sums of several batches add up; `objective.metrics` turns the totals into means.
+    """
+    objective = CausalLm() if objective is None else objective
 
     def eval_step(params, batch: Batch):
-        sums = _forward_sums(spec, params, batch, 0.0, None)
-        return {"cross_entropy": sums["cross_entropy"], "correct": sums["correct"],
-                "weight": sums["weight"]}
+        return objective.sums(spec.merge(params), batch, dropout_key=None, z_loss=0.0)
 
     return eval_step
+
+
+def _batch_shardings(batch_keys: Sequence[str] | Mapping[str, int], mesh: Mesh,
+                     rules: AxisRules) -> dict[str, NamedSharding]:
+    """Rows over the data axes; `batch_keys` maps each feature to its rank (default 2)."""
+    ranks = batch_keys if isinstance(batch_keys, Mapping) else dict.fromkeys(batch_keys, 2)
+    return {k: batch_sharding(mesh, rules, ndim) for k, ndim in ranks.items()}
 
 
 def jit_train_step(train_step, state_shardings: TrainState, batch_keys, mesh: Mesh,
@@ -150,13 +155,13 @@ def jit_train_step(train_step, state_shardings: TrainState, batch_keys, mesh: Me
     if any(device.platform == "cpu" for device in mesh.devices.flat):
         runtime.configure_host_allocator()
     replicated = NamedSharding(mesh, PartitionSpec())
-    batch_shardings = {k: batch_sharding(mesh, rules, 2) for k in batch_keys}
+    batch_shardings = _batch_shardings(batch_keys, mesh, rules)
     return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))
 
 
 def jit_eval_step(eval_step, param_shardings, batch_keys, mesh: Mesh, rules: AxisRules):
     replicated = NamedSharding(mesh, PartitionSpec())
-    batch_shardings = {k: batch_sharding(mesh, rules, 2) for k in batch_keys}
+    batch_shardings = _batch_shardings(batch_keys, mesh, rules)
     return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings),
                    out_shardings=replicated)

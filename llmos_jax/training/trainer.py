@@ -1,9 +1,13 @@
 """`train`: the gin-configured training loop behind `llmos train`.
 
-The loop is deliberately plain: everything it uses (model config, mesh, rules,
-optimizer, data) is injected by gin, and each concern lives in its own module.
+The loop is deliberately plain: everything it uses (model config, objective,
+mesh, rules, optimizer, data) is injected by gin, and each concern lives in
+its own module. One loop trains every model family: the objective
+(`objectives`) builds the model and says what a batch's loss and metrics are
+(decoder LM by default; MLM+NSP, T5, sequence and token classification).
 Batches are a pure function of (seed, step), so resuming only needs the step
 saved with the checkpoint; the saved metadata records that data position.
+A fresh run can start from pretrained weights (`warm_start`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 import pathlib
 import signal
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import gin
 import jax
@@ -24,11 +28,13 @@ import numpy as np
 import optax
 
 from llmos_jax import runtime
+from llmos_jax.data.example_batches import ExampleBatches  # noqa: F401 (gin: @ExampleBatches)
 from llmos_jax.data.lm_batches import LMBatches
 from llmos_jax.errors import UserError
 from llmos_jax.inference.preview_sampler import sample_tokens
 from llmos_jax.models.config import TransformerConfig
-from llmos_jax.models.decoder import DecoderLM
+from llmos_jax.models.encoder import EncoderConfig
+from llmos_jax.models.encoder_decoder import EncoderDecoderConfig
 from llmos_jax.monitoring.flops import decoder_training_flops_per_token, mfu
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
 from llmos_jax.monitoring.peak_flops import peak_flops_per_device
@@ -36,19 +42,43 @@ from llmos_jax.monitoring.progress import TrainProgress
 from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
                                     check_global_batch_size, host_local_to_global,
                                     rules_from_mapping)
-from llmos_jax.training import run_metadata
+from llmos_jax.training import run_metadata, warm_start
 from llmos_jax.training.checkpointing import Checkpointer, check_writable, export_params
+from llmos_jax.training.objectives import (BertPretraining, CausalLm, Objective, Seq2Seq,
+                                           SequenceClassification, TokenClassification,
+                                           check_batch_features)
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
-from llmos_jax.training.train_state import (abstract_train_state, init_train_state, model_spec,
-                                            state_shardings)
+from llmos_jax.training.train_state import (TrainState, abstract_train_state, init_train_state,
+                                            model_spec, state_shardings)
 from llmos_jax.training.train_step import (StepConfig, jit_eval_step, jit_train_step,
                                            make_eval_step, make_train_step)
 
 # Configurables that live in gin-free layers are registered here.
 gin.external_configurable(TransformerConfig)
+gin.external_configurable(EncoderConfig)
+gin.external_configurable(EncoderDecoderConfig)
 gin.external_configurable(MeshConfig)
+for _objective in (CausalLm, Seq2Seq, BertPretraining, SequenceClassification,
+                   TokenClassification):
+    gin.external_configurable(_objective)
+gin.external_configurable(warm_start.InitFrom)
+gin.external_configurable(warm_start.hf_model_config)
 
 log = logging.getLogger("llmos_jax.train")
+
+
+class Batches(Protocol):
+    """Where the loop's batches come from (`LMBatches`, `ExampleBatches`).
+
+    `batch_at(step)` is this host's rows of the global batch of `step`, a pure
+    function of (seed, step); `eval_batches(n)` walks a split once.
+    """
+
+    vocabulary: Any
+
+    def batch_at(self, step: int) -> Mapping[str, np.ndarray]: ...
+
+    def eval_batches(self, num_batches: int | None = None) -> Iterator[Mapping[str, np.ndarray]]: ...
 
 
 class TrainingDiverged(UserError):
@@ -65,6 +95,8 @@ class TrainResult:
     samples: list[str]
     wall_seconds: float
     interrupted: bool = False
+    eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    warm_start_report: warm_start.WarmStartReport | None = None
 
 
 class _StopSignal:
@@ -120,7 +152,10 @@ def train(
     model_dir: str,
     model_config: TransformerConfig = gin.REQUIRED,
     task_name: str = gin.REQUIRED,
-    sequence_length: int = 128,
+    objective: Objective | None = None,
+    batches: Callable[..., Batches] = LMBatches,
+    init_from: warm_start.InitFrom | None = None,
+    sequence_length: int | Mapping[str, int] = 128,
     global_batch_size: int = 16,
     num_steps: int = 1000,
     microbatches: int = 1,
@@ -132,7 +167,7 @@ def train(
     optimizer_factory: Callable[[], optax.GradientTransformation] = make_optimizer,
     log_every: int = 10,
     eval_every: int = 100,
-    eval_batches: int = 8,
+    eval_batches: int | None = 8,
     eval_split: str = "validation",
     checkpoint_every: int = 200,
     keep_checkpoints: int = 3,
@@ -145,14 +180,24 @@ def train(
     stop_after_steps: int | None = None,
     progress_bar: bool = True,
 ) -> TrainResult:
-    """Trains a decoder LM; resumes automatically from the latest checkpoint in `model_dir`.
+    """Trains a model; resumes automatically from the latest checkpoint in `model_dir`.
 
     Args:
       model_dir: Checkpoints, TensorBoard events, `metrics.jsonl` and
         `config.gin` go here. Set by `--model_dir`.
-      model_config: The architecture.
+      model_config: The architecture (`TransformerConfig`, `EncoderConfig`,
+        `EncoderDecoderConfig`, or `@hf_model_config()` for a HF directory's).
       task_name: A registered seqio Task (bind `@register_stdlib_task()` etc.).
-      sequence_length: Tokens per training row.
+      objective: What to train: `CausalLm()` (the default, a decoder LM),
+        `Seq2Seq()`, `BertPretraining()`, `SequenceClassification(...)`,
+        `TokenClassification(...)`. It builds the model from `model_config`.
+      batches: The batch source, called as `batches(task_name, split,
+        sequence_length, global_batch_size, seed=, pack=)`: `LMBatches` (token
+        streams, via a seqio feature converter) or `ExampleBatches` (tasks
+        whose examples are feature dicts).
+      init_from: Start a fresh run from pretrained weights (`InitFrom`); ignored
+        when `model_dir` already has a checkpoint.
+      sequence_length: Tokens per row, or a length per feature.
       global_batch_size: Rows per step over all devices and hosts.
       num_steps: Total optimizer steps.
       microbatches: Gradient-accumulation steps per global batch.
@@ -164,13 +209,14 @@ def train(
       optimizer_factory: Builds the optax transformation (`make_optimizer`).
       log_every: Steps between metric writes (each costs one host sync).
       eval_every: Steps between held-out evaluations (0 disables).
-      eval_batches: Global batches per evaluation.
+      eval_batches: Global batches per evaluation (None: the whole split).
       eval_split: The held-out split of `task_name`.
       checkpoint_every: Steps between checkpoints.
       keep_checkpoints: How many checkpoints to keep.
       async_checkpointing: Write checkpoints in the background.
       export: Write params-only weights to `model_dir/export` at the end.
-      sample_prompts: Prompts for the text samples printed at the end.
+      sample_prompts: Prompts for the text samples printed at the end
+        (decoder LMs only).
       sample_new_tokens: Length of each sample.
       sample_temperature: Sampling temperature (0 is greedy).
       sample_top_k: Sample among the k most likely tokens (None: all).
@@ -181,6 +227,7 @@ def train(
     started = time.time()
     # Before any XLA computation: makes malloc recycle XLA:CPU's per-step buffers.
     runtime.configure_host_runtime()
+    objective = CausalLm() if objective is None else objective
     model_path = check_writable(model_dir)
     rules = rules_from_mapping(axis_rules)
     mesh = build_mesh(mesh_config)
@@ -191,24 +238,30 @@ def train(
     # Each microbatch must itself split evenly over the data-parallel devices.
     check_global_batch_size(global_batch_size // microbatches, mesh,
                             name="train.global_batch_size / train.microbatches")
-    if model_config.position_embedding == "learned" and sequence_length > model_config.max_len:
+    longest = (max(sequence_length.values()) if isinstance(sequence_length, Mapping)
+               else sequence_length)
+    if model_config.position_embedding == "learned" and longest > model_config.max_len:
         raise UserError(
-            f"train.sequence_length={sequence_length} exceeds TransformerConfig.max_len="
-            f"{model_config.max_len}; raise max_len or shorten the sequence.")
+            f"train.sequence_length={sequence_length} exceeds {type(model_config).__name__}."
+            f"max_len={model_config.max_len}; raise max_len or shorten the sequence.")
 
-    train_data = LMBatches(task_name, "train", sequence_length, global_batch_size, seed=seed,
-                           pack=pack)
-    eval_data = (LMBatches(task_name, eval_split, sequence_length, global_batch_size,
-                           seed=seed, pack=pack) if eval_every else None)
+    train_data = batches(task_name, "train", sequence_length, global_batch_size, seed=seed,
+                         pack=pack)
+    eval_data = (batches(task_name, eval_split, sequence_length, global_batch_size,
+                         seed=seed, pack=pack) if eval_every else None)
     vocabulary = train_data.vocabulary
     if vocabulary.vocab_size > model_config.vocab_size:
         raise UserError(
-            f"TransformerConfig.vocab_size={model_config.vocab_size} is smaller than the "
-            f"task vocabulary ({vocabulary.vocab_size} ids); set "
-            f"TransformerConfig.vocab_size >= {vocabulary.vocab_size}.")
+            f"{type(model_config).__name__}.vocab_size={model_config.vocab_size} is smaller than "
+            f"the task vocabulary ({vocabulary.vocab_size} ids); set "
+            f"{type(model_config).__name__}.vocab_size >= {vocabulary.vocab_size}.")
+    first_batch = train_data.batch_at(0)
+    check_batch_features(objective, first_batch.keys())
+    batch_ranks = {key: value.ndim for key, value in first_batch.items()}
 
     sharder = LogicalSharder(mesh, rules)
-    spec = model_spec(lambda rngs: DecoderLM(model_config, rngs=rngs, shard=sharder), seed)
+    spec = model_spec(lambda rngs: objective.build_model(model_config, rngs=rngs, shard=sharder),
+                      seed)
     tx = optimizer_factory()
     shardings = state_shardings(spec, tx, mesh, rules)
 
@@ -217,7 +270,9 @@ def train(
     meta = run_metadata.describe_run(model_config, vocabulary, task_name=task_name,
                                      seed=seed, global_batch_size=global_batch_size,
                                      sequence_length=sequence_length, pack=pack)
+    meta["objective"] = objective.describe()
     latest = checkpointer.latest_step()
+    warm_report = None
     if latest is not None:
         run_metadata.check_compatible(checkpointer.read_meta(latest), meta,
                                       checkpoint_dir=checkpointer.directory)
@@ -225,33 +280,32 @@ def train(
         log.info("resumed from step %d in %s", latest, checkpointer.directory)
     else:
         state = init_train_state(spec, tx, shardings)
+        if init_from is not None:
+            state, warm_report = _warm_start(state, init_from, tx, shardings, model_config,
+                                             model_path)
     start_step = int(jax.device_get(state.step))
     num_params = sum(leaf.size for leaf in jax.tree.leaves(spec.abstract_params))
-    log.info("model: %.2fM parameters; mesh %s over %d device(s); batch %d x %d tokens; "
-             "steps %d -> %d", num_params / 1e6, dict(mesh.shape), mesh.size, global_batch_size,
-             sequence_length, start_step, num_steps)
+    log.info("model: %s, %.2fM parameters; mesh %s over %d device(s); batch %d x %s tokens; "
+             "steps %d -> %d", type(objective).__name__, num_params / 1e6, dict(mesh.shape),
+             mesh.size, global_batch_size, sequence_length, start_step, num_steps)
 
-    batch_keys = list(train_data.batch_at(0).keys())
     step_config = StepConfig(microbatches=microbatches, z_loss=z_loss, dropout_seed=seed,
                              use_dropout=model_config.dropout_rate > 0)
     train_step = jit_train_step(
-        make_train_step(spec, tx, current_learning_rate, step_config, mesh, rules),
-        shardings, batch_keys, mesh, rules)
-    eval_step = jit_eval_step(make_eval_step(spec), shardings.params, batch_keys, mesh, rules)
+        make_train_step(spec, tx, current_learning_rate, step_config, mesh, rules, objective),
+        shardings, batch_ranks, mesh, rules)
+    eval_step = jit_eval_step(make_eval_step(spec, objective), shardings.params, batch_ranks,
+                              mesh, rules)
 
     (model_path / "config.gin").write_text(gin.operative_config_str())
-    flops_per_token = decoder_training_flops_per_token(
-        num_layers=model_config.num_layers, embed_dim=model_config.embed_dim,
-        num_heads=model_config.num_heads, num_kv_heads=model_config.num_kv_heads,
-        head_dim=model_config.head_dim, mlp_dim=model_config.mlp_dim,
-        vocab_size=model_config.vocab_size, seq_len=sequence_length,
-        gated_mlp=model_config.gated_mlp)
-    peak, peak_source = _run_peak_flops(model_config.compute_dtype)
-    log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_source)
+    tokens_per_step = global_batch_size * (sum(sequence_length.values())
+                                           if isinstance(sequence_length, Mapping)
+                                           else sequence_length)
+    flops_per_token, peak = _flops_per_token(objective, model_config, longest)
 
     is_chief = jax.process_index() == 0
     train_losses: dict[int, float] = {}
-    eval_loss = None
+    eval_loss, eval_metrics = None, {}
     interrupted = False
     end_step = num_steps if stop_after_steps is None else min(num_steps, start_step + stop_after_steps)
 
@@ -278,24 +332,27 @@ def train(
             state, metrics = train_step(state, batch)
             step += 1
             interval_steps += 1
-            interval_tokens += global_batch_size * sequence_length
+            interval_tokens += tokens_per_step
             last = step == end_step
             if step % log_every == 0 or last or stop.requested:
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 _finite_or_raise(step, host, checkpointer)
                 elapsed = time.perf_counter() - interval_start
                 tokens_per_second = interval_tokens / elapsed
-                host.update(step_time=elapsed / interval_steps, tokens_per_second=tokens_per_second,
-                            mfu=mfu(flops_per_token=flops_per_token,
-                                    tokens_per_second=tokens_per_second,
-                                    peak_flops_per_second=peak))
+                host.update(step_time=elapsed / interval_steps, tokens_per_second=tokens_per_second)
+                if flops_per_token is not None:
+                    host["mfu"] = mfu(flops_per_token=flops_per_token,
+                                      tokens_per_second=tokens_per_second,
+                                      peak_flops_per_second=peak)
                 writer.write_scalars(step, host)
                 train_losses[step] = host["loss"]
                 progress.update(step, loss=host["loss"], tokens_per_second=tokens_per_second)
                 interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
             if eval_data is not None and (step % eval_every == 0 or last):
-                eval_loss = _evaluate(eval_step, state.params, eval_data, eval_batches, mesh,
-                                      rules, writer, step)
+                eval_metrics = evaluate(eval_step, state.params, eval_data, eval_batches,
+                                        objective, mesh, rules)
+                writer.write_scalars(step, eval_metrics, split="eval")
+                eval_loss = eval_metrics["loss"]
                 interval_start = time.perf_counter()
             if checkpointer.should_save(step) or last or stop.requested:
                 _finite_or_raise(step, metrics, checkpointer)
@@ -310,7 +367,7 @@ def train(
         if finished:
             if export:  # every host writes its shards
                 export_params(model_path / "export", state.params, {**meta, "step": step})
-            if is_chief:
+            if is_chief and objective.generates_text and sample_prompts:
                 samples = _preview_samples(spec, state.params, vocabulary, model_config,
                                            sample_prompts, sample_new_tokens, sample_temperature,
                                            sample_top_k, seed)
@@ -319,7 +376,35 @@ def train(
                     writer.write_text(step, "samples", prompt + text)
     return TrainResult(last_step=step, train_losses=train_losses, eval_loss=eval_loss,
                        samples=samples, wall_seconds=time.time() - started,
-                       interrupted=interrupted or not finished)
+                       interrupted=interrupted or not finished, eval_metrics=eval_metrics,
+                       warm_start_report=warm_report)
+
+
+def _warm_start(state: TrainState, init_from: warm_start.InitFrom, tx, shardings: TrainState,
+                model_config: TransformerConfig, model_path: pathlib.Path):
+    """The fresh state with pretrained parameters loaded and the optimizer state rebuilt."""
+    params, report = warm_start.warm_start_params(init_from, state.params, shardings.params,
+                                                  model_config)
+    if jax.process_index() == 0:
+        warm_start.write_report(report, model_path)
+    opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+    return TrainState(step=state.step, params=params, opt_state=opt_state), report
+
+
+def _flops_per_token(objective: Objective, config: TransformerConfig,
+                     sequence_length: int) -> tuple[float | None, float]:
+    """Model FLOPs per token and the run's peak; MFU is defined for decoder LMs only."""
+    if not isinstance(objective, CausalLm):
+        log.info("MFU is reported for decoder-only models (CausalLm) only; %s runs log "
+                 "tokens/s without it", type(objective).__name__)
+        return None, 0.0
+    flops = decoder_training_flops_per_token(
+        num_layers=config.num_layers, embed_dim=config.embed_dim, num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads, head_dim=config.head_dim, mlp_dim=config.mlp_dim,
+        vocab_size=config.vocab_size, seq_len=sequence_length, gated_mlp=config.gated_mlp)
+    peak, peak_source = _run_peak_flops(config.compute_dtype)
+    log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_source)
+    return flops, peak
 
 
 def _print_samples(step, prompts, samples, temperature, top_k) -> None:
@@ -336,18 +421,15 @@ def _run_peak_flops(dtype) -> tuple[float, str]:
     return per_device * jax.device_count(), f"{source} x {jax.device_count()} devices"
 
 
-def _evaluate(eval_step, params, eval_data: LMBatches, num_batches: int, mesh, rules,
-              writer: MetricsWriter, step: int) -> float:
-    totals = {"cross_entropy": 0.0, "correct": 0.0, "weight": 0.0}
+def evaluate(eval_step, params, eval_data: Batches, num_batches: int | None,
+             objective: Objective, mesh, rules) -> dict[str, float]:
+    """The objective's metrics over `num_batches` eval batches (sums added, then divided)."""
+    totals: dict[str, float] = {}
     for batch in eval_data.eval_batches(num_batches):
         sums = jax.device_get(eval_step(params, host_local_to_global(batch, mesh, rules)))
-        for key in totals:
-            totals[key] += float(sums[key])
-    weight = max(totals["weight"], 1.0)
-    loss = totals["cross_entropy"] / weight
-    writer.write_scalars(step, {"loss": loss, "accuracy": totals["correct"] / weight,
-                                "perplexity": math.exp(min(loss, 50.0))}, split="eval")
-    return loss
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + float(value)
+    return {key: float(value) for key, value in objective.metrics(totals).items()}
 
 
 def _preview_samples(spec, params, vocabulary, config: TransformerConfig, prompts, new_tokens,

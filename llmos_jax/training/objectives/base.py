@@ -1,0 +1,114 @@
+"""What every training objective provides, and the sums they share.
+
+An objective is the part of a run that depends on the model family: it
+builds the model from its config and turns a batch into float32 *sums*
+(loss numerators, weights, correct counts). Everything else (microbatching,
+the optimizer, evaluation, logging) only adds sums up and divides:
+
+- `sums` over a (micro)batch add up exactly across microbatches and eval
+  batches, so means are taken once, over everything;
+- `denominators` are read from the whole global batch before it is split,
+  so `loss(sums, denominators)` is linear in the sums and the accumulated
+  gradient equals the gradient of the full-batch mean loss;
+- `metrics` turns sums (of a step, or of a whole eval pass) into means.
+
+Padding rows that eval adds to fill its last batch are all zeros; objectives
+weigh rows by `real_rows`, so such rows count nowhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmos_jax.errors import UserError
+from llmos_jax.models import axes
+from llmos_jax.models.config import TransformerConfig
+from llmos_jax.training.loss import cross_entropy_sums
+
+Batch = Mapping[str, jax.Array]
+Sums = dict[str, jax.Array]
+
+
+@runtime_checkable
+class Objective(Protocol):
+    """A model family's loss, as the train and eval steps use it.
+
+    Attributes:
+      features: Batch keys the objective reads (others are ignored).
+      generates_text: Whether the trained model can sample text (the trainer
+        prints samples at the end only then).
+    """
+
+    features: tuple[str, ...]
+    generates_text: bool
+
+    def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
+                    shard: axes.ActivationSharder) -> nnx.Module:
+        """The model this objective trains, built from `config`."""
+
+    def sums(self, model: nnx.Module, batch: Batch, *, dropout_key: jax.Array | None,
+             z_loss: float) -> Sums:
+        """float32 scalar sums over the rows of `batch`."""
+
+    def denominators(self, batch: Batch) -> Sums:
+        """The normalisers of `loss`, from the whole global batch."""
+
+    def loss(self, sums: Sums, denominators: Sums) -> jax.Array:
+        """The scalar to differentiate; linear in `sums`."""
+
+    def metrics(self, sums: Sums) -> dict[str, Any]:
+        """Means from sums; always has `loss`."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings, saved with each checkpoint."""
+
+
+def real_rows(tokens: jax.Array) -> jax.Array:
+    """float32 [batch]: 1 for rows with any non-pad token; eval's padding rows are all 0."""
+    return jnp.any(tokens != 0, axis=-1).astype(jnp.float32)
+
+
+def padding_segments(tokens: jax.Array) -> jax.Array:
+    """int32 segment ids that mask padding (id 0) as the encoder expects: 1 real, 0 pad."""
+    return (tokens != 0).astype(jnp.int32)
+
+
+def prefixed_cross_entropy(prefix: str, logits: jax.Array, targets: jax.Array,
+                           weights: jax.Array, z_loss: float) -> Sums:
+    """`cross_entropy_sums` with every key prefixed, e.g. `mlm_weight`."""
+    return {f"{prefix}{key}": value
+            for key, value in cross_entropy_sums(logits, targets, weights, z_loss).items()}
+
+
+def mean(numerator, denominator):
+    """numerator / max(denominator, 1), for jax arrays and Python floats alike."""
+    if isinstance(numerator, jax.Array) or isinstance(denominator, jax.Array):
+        return numerator / jnp.maximum(denominator, 1.0)
+    return numerator / max(denominator, 1.0)
+
+
+def require_config(objective: str, config: TransformerConfig, expected: type,
+                   gin_name: str) -> None:
+    """Refuses a model config of the wrong family, naming the gin binding to change."""
+    if not isinstance(config, expected):
+        raise UserError(
+            f"train.objective={objective} needs train.model_config = @{gin_name}() (a "
+            f"{expected.__name__}), got {type(config).__name__}; include a matching model gin "
+            "file (gin/models/).")
+
+
+def check_batch_features(objective: Objective, keys) -> None:
+    """A clear error when the data does not have the features the objective reads."""
+    missing = [key for key in objective.features if key not in keys]
+    if missing:
+        raise UserError(
+            f"train.objective={type(objective).__name__} reads batch features "
+            f"{list(objective.features)}, but the data gives {sorted(keys)} (missing "
+            f"{missing}). Use a task with these features; for tasks whose examples are already "
+            "feature dicts set train.batches = @ExampleBatches, for text-to-text tasks "
+            "LMBatches.feature_converter = 'enc_dec'.")

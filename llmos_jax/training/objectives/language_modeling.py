@@ -1,0 +1,100 @@
+"""Next-token objectives: the decoder-only LM and the encoder-decoder (T5) LM.
+
+Both read seqio's model features (`decoder_*`, plus `encoder_*` for the
+encoder-decoder) and report the same metrics: token cross-entropy (`loss`),
+z-loss, token accuracy and the token count. The mean is over target tokens
+of the whole global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llmos_jax.models import axes
+from llmos_jax.models.config import TransformerConfig
+from llmos_jax.models.decoder import DecoderLM
+from llmos_jax.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderLM
+from llmos_jax.training.loss import cross_entropy_sums
+from llmos_jax.training.objectives.base import (Batch, Sums, mean, padding_segments,
+                                                require_config)
+
+INPUTS = "decoder_input_tokens"
+TARGETS = "decoder_target_tokens"
+WEIGHTS = "decoder_loss_weights"
+SEGMENTS = "decoder_segment_ids"
+POSITIONS = "decoder_positions"
+ENCODER_INPUTS = "encoder_input_tokens"
+ENCODER_SEGMENTS = "encoder_segment_ids"
+
+
+class _TokenLoss:
+    """Shared by both: one cross-entropy term weighted by `decoder_loss_weights`."""
+
+    def denominators(self, batch: Batch) -> Sums:
+        return {"weight": jnp.sum(batch[WEIGHTS].astype(jnp.float32))}
+
+    def loss(self, sums: Sums, denominators: Sums) -> jax.Array:
+        return sums["loss"] / jnp.maximum(denominators["weight"], 1.0)
+
+    def metrics(self, sums: Sums) -> dict[str, Any]:
+        loss = mean(sums["cross_entropy"], sums["weight"])
+        accuracy = mean(sums["correct"], sums["weight"])
+        if isinstance(loss, float):  # Host-side totals of an eval pass (no z-loss there).
+            return {"loss": loss, "accuracy": accuracy, "perplexity": math.exp(min(loss, 50.0)),
+                    "tokens": sums["weight"]}
+        return {"loss": loss, "z_loss": mean(sums["z_loss"], sums["weight"]),
+                "accuracy": accuracy, "tokens": sums["weight"]}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": type(self).__name__}
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLm(_TokenLoss):
+    """A decoder-only LM (`DecoderLM`): predict each next token."""
+
+    features: tuple[str, ...] = (INPUTS, TARGETS, WEIGHTS)
+    generates_text: bool = True
+
+    def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
+                    shard: axes.ActivationSharder) -> DecoderLM:
+        return DecoderLM(config, rngs=rngs, shard=shard)
+
+    def sums(self, model: DecoderLM, batch: Batch, *, dropout_key, z_loss: float) -> Sums:
+        logits = model(batch[INPUTS], positions=batch.get(POSITIONS),
+                       segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
+        return cross_entropy_sums(logits, batch[TARGETS], batch[WEIGHTS], z_loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2Seq(_TokenLoss):
+    """An encoder-decoder LM (`EncoderDecoderLM`, T5): span corruption or seq2seq fine-tuning.
+
+    Unpacked batches carry no `encoder_segment_ids`; padding (id 0) of the
+    encoder input is then masked from id 0 itself. The decoder needs no mask
+    unpacked (it is causal and its padding only trails).
+    """
+
+    features: tuple[str, ...] = (ENCODER_INPUTS, INPUTS, TARGETS, WEIGHTS)
+    generates_text: bool = False
+
+    def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
+                    shard: axes.ActivationSharder) -> EncoderDecoderLM:
+        require_config("Seq2Seq", config, EncoderDecoderConfig, "EncoderDecoderConfig")
+        return EncoderDecoderLM(config, rngs=rngs, shard=shard)
+
+    def sums(self, model: EncoderDecoderLM, batch: Batch, *, dropout_key,
+             z_loss: float) -> Sums:
+        encoder_tokens = batch[ENCODER_INPUTS]
+        encoder_segments = batch.get(ENCODER_SEGMENTS)
+        if encoder_segments is None:
+            encoder_segments = padding_segments(encoder_tokens)
+        logits = model(encoder_tokens, batch[INPUTS], encoder_segment_ids=encoder_segments,
+                       decoder_segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
+        return cross_entropy_sums(logits, batch[TARGETS], batch[WEIGHTS], z_loss)
