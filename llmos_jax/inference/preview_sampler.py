@@ -1,18 +1,19 @@
-"""A small sampler for previewing a model during and after training.
+"""Text samples for previewing a model during and after training.
 
-It recomputes the whole window for every new token, which is fine for the
-short samples printed at the end of a run. The KV-cache decoding engine
-(greedy, top-k/top-p, beam search) belongs in its own module.
+A thin wrapper over the KV-cache `generate` that keeps going past the
+model's `max_len`: when the cache is full, the last half window becomes the
+prompt of the next chunk (a strided sliding window).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
-import jax
-import jax.numpy as jnp
 from flax import nnx
+
+from llmos_jax.inference.decode_config import DecodeConfig
+from llmos_jax.inference.generate import generate
+from llmos_jax.inference.stopping import EOS, FINISH_NAMES
 
 
 def sample_tokens(graphdef: nnx.GraphDef, params, prompt: Sequence[int], *, max_len: int,
@@ -20,39 +21,21 @@ def sample_tokens(graphdef: nnx.GraphDef, params, prompt: Sequence[int], *, max_
                   seed: int = 0, eos_id: int | None = None) -> list[int]:
     """Continues `prompt` with up to `max_new_tokens` sampled tokens (the new tokens only).
 
-    `temperature=0` is greedy. The window slides when the text outgrows `max_len`.
+    `temperature=0` is greedy. Past `max_len` positions the context slides.
     """
-    prompt = list(prompt)[-max_len:] or [0]
+    model = nnx.merge(graphdef, params)
+    window = list(prompt)[-(max_len - 1):] or [0]
     generated: list[int] = []
-    window = prompt
-    key = jax.random.key(seed)
-    step_fn = _next_token_fn(graphdef, max_len, float(temperature), top_k)
+    chunk = 0
     while len(generated) < max_new_tokens:
-        length = len(window)
-        buffer = jnp.zeros((1, max_len), jnp.int32).at[0, :length].set(jnp.asarray(window, jnp.int32))
-        key, sub = jax.random.split(key)
-        token = int(step_fn(params, buffer, jnp.int32(length), sub))
-        generated.append(token)
-        if eos_id is not None and token == eos_id:
+        config = DecodeConfig(
+            method="greedy" if temperature == 0 else "sample",
+            temperature=temperature or 1.0, top_k=top_k, eos_id=eos_id, max_cache_len=max_len,
+            max_new_tokens=min(max_new_tokens - len(generated), max_len - len(window)))
+        result = generate(model, params, [window], config, seeds=[seed + 104729 * chunk])[0]
+        generated.extend(result.tokens)
+        if result.completions[0].finish_reason == FINISH_NAMES[EOS]:
             break
-        window = (window + [token])[-max_len:]
+        window = (window + list(result.tokens))[-(max_len // 2):]
+        chunk += 1
     return generated
-
-
-@functools.lru_cache(maxsize=8)
-def _next_token_fn(graphdef, max_len, temperature, top_k):
-    del max_len  # part of the cache key: one compiled function per window size
-
-    @jax.jit
-    def next_token(params, buffer, length, key):
-        logits = nnx.merge(graphdef, params)(buffer)[0, length - 1]
-        if temperature == 0.0:
-            return jnp.argmax(logits)
-        logits = logits / temperature
-        if top_k is not None:
-            k = min(top_k, logits.shape[-1])  # a k past the vocabulary keeps every token
-            threshold = jax.lax.top_k(logits, k)[0][-1]
-            logits = jnp.where(logits < threshold, -jnp.inf, logits)
-        return jax.random.categorical(key, logits)
-
-    return next_token

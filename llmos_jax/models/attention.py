@@ -44,6 +44,19 @@ def attention_mask(query_segments: jax.Array | None, key_segments: jax.Array | N
     return mask
 
 
+def cached_attention_mask(key_valid: jax.Array, write_index: jax.Array,
+                          query_len: int) -> jax.Array:
+    """Boolean [batch, 1, query, slots] mask for decoding over a preallocated cache.
+
+    The `query_len` new tokens occupy slots `write_index ...`; each sees the
+    valid slots (`key_valid` [batch, slots], False for padding) up to its own.
+    """
+    slots = jnp.arange(key_valid.shape[1])
+    query_slots = write_index + jnp.arange(query_len)
+    causal = slots[None, :] <= query_slots[:, None]  # [query, slots]
+    return jnp.logical_and(key_valid[:, None, None, :], causal[None, None])
+
+
 class SelfAttention(nnx.Module):
     """Projections q, k, v, out with kernels [embed, heads, kv] and [heads, kv, embed].
 
@@ -106,6 +119,56 @@ class SelfAttention(nnx.Module):
             y = self._einsum_attention(q, k, v, mask, dropout_rate, probs_key, bias)
         y = shard(y, head_axes)
         return dropout(self.out(y), dropout_rate, out_key)
+
+    # Decoding: the same projections and attention math as `__call__`, reading
+    # keys and values from a preallocated cache instead of recomputing them.
+
+    def attend_cached(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
+                      write_index: jax.Array, mask: jax.Array, positions: jax.Array,
+                      rope_theta: float | None, shard: axes.ActivationSharder,
+                      bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Self-attention of new tokens `x` [batch, t, embed] over a KV cache.
+
+        Args:
+          keys, values: This layer's cache, [batch, slots, kv_heads, head_dim].
+          write_index: Slot of the first new token; their keys and values are
+            written at `write_index ... write_index + t - 1`.
+          mask: [batch, 1, t, slots] (`cached_attention_mask`).
+          positions: int [batch, t] positions of the new tokens (RoPE).
+          bias: [batch|1, heads, t, slots] additive score bias (T5).
+
+        Returns:
+          The attention output [batch, t, embed] and the updated keys and values.
+        """
+        head_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
+        q = shard(self.query(x), head_axes)
+        k = shard(self.key(x), head_axes)
+        v = shard(self.value(x), head_axes)
+        if rope_theta is not None:
+            q = apply_rope(q, positions, rope_theta)
+            k = apply_rope(k, positions, rope_theta)
+        keys = shard(jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), write_index,
+                                                         axis=1), head_axes)
+        values = shard(jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype),
+                                                           write_index, axis=1), head_axes)
+        y = self._einsum_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, 0.0,
+                                   None, bias)
+        return self.out(shard(y, head_axes)), keys, values
+
+    def context_keys_values(self, context: jax.Array,
+                            shard: axes.ActivationSharder) -> tuple[jax.Array, jax.Array]:
+        """Cross-attention keys and values [batch, S, kv_heads, head_dim] of `context`, once."""
+        head_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
+        return shard(self.key(context), head_axes), shard(self.value(context), head_axes)
+
+    def attend_context(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
+                       mask: jax.Array | None, shard: axes.ActivationSharder) -> jax.Array:
+        """Cross-attention of `x` to precomputed context keys/values (`context_keys_values`)."""
+        head_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
+        q = shard(self.query(x), head_axes)
+        y = self._einsum_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, 0.0,
+                                   None)
+        return self.out(shard(y, head_axes))
 
     def _einsum_attention(self, q, k, v, mask, dropout_rate, key, bias=None):
         batch, length, _, _ = q.shape

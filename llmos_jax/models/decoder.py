@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmos_jax.models import axes
-from llmos_jax.models.attention import SelfAttention
+from llmos_jax.models.attention import SelfAttention, cached_attention_mask
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.dense import Dense
 from llmos_jax.models.dropout import dropout, split_key
@@ -65,6 +65,20 @@ class DecoderBlock(nnx.Module):
         x = x + self.mlp(self.mlp_norm(x), shard=shard, dropout_rate=config.dropout_rate,
                          dropout_key=mlp_key)
         return shard(x, residual_axes)
+
+    def extend(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
+               write_index: jax.Array, mask: jax.Array, positions: jax.Array,
+               config: TransformerConfig,
+               shard: axes.ActivationSharder) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`__call__` (without dropout) for new tokens over this layer's KV cache."""
+        rope_theta = config.rope_theta if config.position_embedding == "rope" else None
+        residual_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
+        h, keys, values = self.attn.attend_cached(
+            self.attn_norm(x), keys=keys, values=values, write_index=write_index, mask=mask,
+            positions=positions, rope_theta=rope_theta, shard=shard)
+        x = shard(x + h, residual_axes)
+        x = x + self.mlp(self.mlp_norm(x), shard=shard)
+        return shard(x, residual_axes), keys, values
 
 
 class DecoderLM(nnx.Module):
@@ -129,13 +143,58 @@ class DecoderLM(nnx.Module):
         x = dropout(x, config.dropout_rate, embed_key)
         x = self.shard(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         x = self._run_layers(x, positions, segment_ids, layers_key)
-        x = self.final_norm(x)
+        return self.logits(self.final_norm(x))
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Vocabulary logits in float32 from final-norm hidden states [..., embed]."""
         if self.lm_head is None:
-            logits = self.token_embed.attend(x)
+            logits = self.token_embed.attend(hidden)
         else:
-            logits = self.lm_head(x)
+            logits = self.lm_head(hidden)
         logits = self.shard(logits, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_VOCAB))
         return logits.astype(jnp.float32)
+
+    def extend(self, tokens: jax.Array, *, positions: jax.Array,
+               keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...],
+               write_index: jax.Array, key_valid: jax.Array
+               ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """Runs new tokens over a KV cache: the decoding counterpart of `__call__`.
+
+        Prefill passes the whole (left-padded) prompt at `write_index=0`; each
+        decoding step passes one token. Needs unstacked layers (`scan_layers`
+        False): `llmos_jax.inference` unstacks a scanned model's parameters once
+        before decoding, so no per-step slicing of stacked weights happens.
+
+        Args:
+          tokens: int [batch, t] new tokens, written at slots
+            `write_index ... write_index + t - 1`.
+          positions: int [batch, t] their positions (slot minus the row's
+            padding, for left-padded prompts).
+          keys, values: One [batch, slots, kv_heads, head_dim] cache per layer.
+          write_index: int scalar.
+          key_valid: bool [batch, slots]; False marks padding slots.
+
+        Returns:
+          Final-norm hidden states [batch, t, embed] (see `logits`) and the
+          updated caches.
+        """
+        config = self.config
+        if config.scan_layers:
+            raise ValueError("DecoderLM.extend needs unstacked layers; decode through "
+                             "llmos_jax.inference, which unstacks scanned parameters.")
+        x = self.token_embed(tokens, config.compute_dtype, self.shard)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions, config.compute_dtype, self.shard)
+        x = self.shard(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+        mask = cached_attention_mask(key_valid, write_index, tokens.shape[1])
+        new_keys, new_values = [], []
+        for block, layer_keys, layer_values in zip(self.layers, keys, values):
+            x, layer_keys, layer_values = block.extend(
+                x, keys=layer_keys, values=layer_values, write_index=write_index, mask=mask,
+                positions=positions, config=config, shard=self.shard)
+            new_keys.append(layer_keys)
+            new_values.append(layer_values)
+        return self.final_norm(x), tuple(new_keys), tuple(new_values)
 
     def _run_layers(self, x, positions, segment_ids, key):
         config, shard = self.config, self.shard

@@ -22,6 +22,7 @@ from flax import nnx
 
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
+from llmos_jax.models.attention import cached_attention_mask
 from llmos_jax.models.builders import attention_for, mlp_for, norm_for
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.dense import Dense
@@ -118,6 +119,21 @@ class CrossAttentionDecoderBlock(nnx.Module):
                      dropout_key=mlp_key)
         return shard(x + dropout(h, config.dropout_rate, out_key), _RESIDUAL)
 
+    def extend(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
+               cross_keys: jax.Array, cross_values: jax.Array, write_index: jax.Array,
+               self_mask: jax.Array, cross_mask: jax.Array, positions: jax.Array,
+               bias: jax.Array, shard: axes.ActivationSharder
+               ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`__call__` (without dropout) for new tokens over the caches of this layer."""
+        h, keys, values = self.self_attn.attend_cached(
+            self.self_attn_norm(x), keys=keys, values=values, write_index=write_index,
+            mask=self_mask, positions=positions, rope_theta=None, shard=shard, bias=bias)
+        x = shard(x + h, _RESIDUAL)
+        x = x + self.cross_attn.attend_context(self.cross_attn_norm(x), keys=cross_keys,
+                                               values=cross_values, mask=cross_mask, shard=shard)
+        x = shard(x, _RESIDUAL)
+        return shard(x + self.mlp(self.mlp_norm(x), shard=shard), _RESIDUAL), keys, values
+
 
 class EncoderDecoderLM(nnx.Module):
     """(encoder tokens [batch, S], decoder tokens [batch, T]) -> logits [batch, T, vocab].
@@ -209,6 +225,65 @@ class EncoderDecoderLM(nnx.Module):
                        num_layers=config.num_decoder_layers, scan=config.scan_layers,
                        remat_policy=config.remat_policy, dropout_key=layers_key)
         return dropout(self.decoder_norm(x), config.dropout_rate, out_key)
+
+    def cross_keys_values(self, encoded: jax.Array
+                          ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """Every decoder layer's cross-attention keys and values of `encoded`, computed once.
+
+        Needs unstacked decoder layers (see `extend_decoder`).
+        """
+        self._check_unstacked()
+        pairs = [block.cross_attn.context_keys_values(encoded, self.shard)
+                 for block in self.decoder_layers]
+        return tuple(k for k, _ in pairs), tuple(v for _, v in pairs)
+
+    def extend_decoder(self, tokens: jax.Array, *, keys: tuple[jax.Array, ...],
+                       values: tuple[jax.Array, ...], cross_keys: tuple[jax.Array, ...],
+                       cross_values: tuple[jax.Array, ...], write_index: jax.Array,
+                       encoder_valid: jax.Array
+                       ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+        """Runs new decoder tokens over the self-attention cache: `decode`'s decoding twin.
+
+        Args:
+          tokens: int [batch, t] decoder tokens written at slots
+            `write_index ... write_index + t - 1` (all rows start at slot 0).
+          keys, values: One [batch, slots, kv_heads, head_dim] self-attention
+            cache per decoder layer.
+          cross_keys, cross_values: `cross_keys_values(encoded)`.
+          write_index: int scalar.
+          encoder_valid: bool [batch, S]; False marks encoder padding.
+
+        Returns:
+          Final-norm decoder states [batch, t, embed] (see `logits`) and the
+          updated caches.
+        """
+        self._check_unstacked()
+        config, shard = self.config, self.shard
+        x = shard(self.token_embed(tokens, config.compute_dtype, shard), _RESIDUAL)
+        batch, length = tokens.shape
+        slots = keys[0].shape[1]
+        positions = jnp.broadcast_to(write_index + jnp.arange(length, dtype=jnp.int32),
+                                     (batch, length))
+        # The bias of a (query, key) pair depends only on their distance: rows
+        # `write_index ...` of the full slots x slots table.
+        bias = jax.lax.dynamic_slice_in_dim(self.decoder_relative_bias(slots, slots),
+                                            write_index, length, axis=2)
+        self_mask = cached_attention_mask(jnp.ones((batch, slots), bool), write_index, length)
+        cross_mask = encoder_valid[:, None, None, :]
+        new_keys, new_values = [], []
+        for i, block in enumerate(self.decoder_layers):
+            x, layer_keys, layer_values = block.extend(
+                x, keys=keys[i], values=values[i], cross_keys=cross_keys[i],
+                cross_values=cross_values[i], write_index=write_index, self_mask=self_mask,
+                cross_mask=cross_mask, positions=positions, bias=bias, shard=shard)
+            new_keys.append(layer_keys)
+            new_values.append(layer_values)
+        return self.decoder_norm(x), tuple(new_keys), tuple(new_values)
+
+    def _check_unstacked(self) -> None:
+        if self.config.scan_layers:
+            raise ValueError("EncoderDecoderLM decoding needs unstacked decoder layers; decode "
+                             "through llmos_jax.inference, which unstacks scanned parameters.")
 
     def logits(self, decoded: jax.Array) -> jax.Array:
         """Vocabulary logits in float32 from `decode`'s output."""
