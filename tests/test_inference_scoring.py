@@ -29,7 +29,10 @@ def test_decoder_score_equals_hand_sum_and_greedy_log_likelihood():
     rescored = score(model, None, PROMPTS, [r.tokens for r in decoded])
     np.testing.assert_allclose([r.log_likelihood for r in rescored],
                                [r.score for r in decoded], atol=1e-4)
-    too_long = score(model, None, [list(range(1, 15))], [[1, 2, 3]])[0]
+    # The model reads prompt + target minus the last token: 14 + 3 - 1 = 16 fits exactly.
+    full, too_long = score(model, None, [list(range(1, 15)), list(range(1, 16))],
+                           [[1, 2, 3], [1, 2, 3]])
+    assert full.error is None and full.num_tokens == 3 and 0 <= full.num_correct <= 3
     assert too_long.log_likelihood is None and "do not fit the model's max_len=16" in too_long.error
 
 

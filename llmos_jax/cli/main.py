@@ -292,7 +292,20 @@ def _data_commands() -> dict[str, Command]:
     return data_commands()
 
 
-COMMANDS: dict[str, Command] = {"train": train_command(), **_data_commands()}
+def _eval_command() -> Command:
+    from llmos_jax.cli.eval_command import eval_command  # Needs Command, defined above.
+
+    return eval_command()
+
+
+def _infer_command() -> Command:
+    from llmos_jax.cli.infer_command import infer_command  # Needs Command, defined above.
+
+    return infer_command()
+
+
+COMMANDS: dict[str, Command] = {"train": train_command(), "eval": _eval_command(),
+                                "infer": _infer_command(), **_data_commands()}
 
 
 def main_help(commands: Mapping[str, Command]) -> str:

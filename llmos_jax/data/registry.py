@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import gin
 import seqio
@@ -32,6 +32,7 @@ import seqio
 from llmos_jax.cli.main import did_you_mean
 from llmos_jax.data.preprocessors import chunk_tokens
 from llmos_jax.errors import UserError
+from llmos_jax.evaluation import metrics as _metrics  # noqa: F401 (gin: @llmos_jax.evaluation.bleu)
 
 
 # Lets gin files name seqio's vocabularies: `@seqio.ByteVocabulary()`.
@@ -47,17 +48,26 @@ def _tokenize_then_cache_point() -> list:
     ]
 
 
+MetricFn = Callable[..., Mapping[str, float]]
+PostprocessFn = Callable[..., object]
+
+
 def _add_task(name: str, source: seqio.DataSource, preprocessors: list,
-              output_features: dict[str, seqio.Feature]) -> str:
+              output_features: dict[str, seqio.Feature], *,
+              metric_fns: Sequence[MetricFn] = (),
+              postprocess_fn: PostprocessFn | None = None) -> str:
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors,
-                           output_features=output_features)
+                           output_features=output_features, metric_fns=list(metric_fns),
+                           postprocess_fn=postprocess_fn)
     return name
 
 
 @gin.configurable
 def register_lm_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary, *,
-                     text_feature: str = "text", chunk: bool = True) -> str:
+                     text_feature: str = "text", chunk: bool = True,
+                     metric_fns: Sequence[MetricFn] = (),
+                     postprocess_fn: PostprocessFn | None = None) -> str:
     """Registers a language-modelling Task: ``source[text_feature]`` -> ``targets``.
 
     Args:
@@ -67,6 +77,10 @@ def register_lm_task(name: str, source: seqio.DataSource, vocabulary: seqio.Voca
       text_feature: the source feature holding each document's text.
       chunk: cut long documents into window-sized chunks (else they are
         trimmed to the window, and the loss of text is reported).
+      metric_fns: seqio metric functions ``llmos eval`` reports, e.g.
+        ``[@llmos_jax.evaluation.perplexity]`` (see ``llmos_jax.evaluation.metrics``).
+      postprocess_fn: seqio postprocessor applied to targets and predictions
+        before the metrics, called as ``fn(text, example=..., is_target=...)``.
 
     Returns:
       ``name``, so gin can register and name the Task in one binding.
@@ -78,16 +92,21 @@ def register_lm_task(name: str, source: seqio.DataSource, vocabulary: seqio.Voca
     if chunk:
         preprocessors.append(chunk_tokens)
     return _add_task(name, source, preprocessors,
-                     {"targets": seqio.Feature(vocabulary=vocabulary, add_eos=True)})
+                     {"targets": seqio.Feature(vocabulary=vocabulary, add_eos=True)},
+                     metric_fns=metric_fns, postprocess_fn=postprocess_fn)
 
 
 @gin.configurable
 def register_text_to_text_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
                                *, inputs_feature: str = "inputs",
-                               targets_feature: str = "targets") -> str:
+                               targets_feature: str = "targets",
+                               metric_fns: Sequence[MetricFn] = (),
+                               postprocess_fn: PostprocessFn | None = None) -> str:
     """Registers a Task mapping one text to another: ``inputs`` -> ``targets``.
 
-    Both features share ``vocabulary`` and end in EOS.
+    Both features share ``vocabulary`` and end in EOS. ``metric_fns`` and
+    ``postprocess_fn`` are as in :func:`register_lm_task`, e.g.
+    ``register_text_to_text_task.metric_fns = [@llmos_jax.evaluation.bleu]``.
 
     Returns:
       ``name``.
@@ -99,7 +118,8 @@ def register_text_to_text_task(name: str, source: seqio.DataSource, vocabulary: 
     ]
     features = {key: seqio.Feature(vocabulary=vocabulary, add_eos=True)
                 for key in ("inputs", "targets")}
-    return _add_task(name, source, preprocessors, features)
+    return _add_task(name, source, preprocessors, features, metric_fns=metric_fns,
+                     postprocess_fn=postprocess_fn)
 
 
 @gin.configurable

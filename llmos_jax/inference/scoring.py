@@ -26,11 +26,16 @@ _LENGTH_BUCKET = 8
 
 @dataclasses.dataclass(frozen=True)
 class TargetScore:
-    """Sum of the target tokens' log-probabilities, their count, or an error."""
+    """Sum of the target tokens' log-probabilities, their count, or an error.
+
+    `num_correct` counts target tokens that are the model's argmax (for token
+    accuracy); None when the request failed.
+    """
 
     log_likelihood: float | None
     num_tokens: int
     error: str | None = None
+    num_correct: int | None = None
 
 
 def score(model: nnx.Module, params: Any, prompts: Sequence[Sequence[int]],
@@ -57,7 +62,8 @@ def score(model: nnx.Module, params: Any, prompts: Sequence[Sequence[int]],
     results: list[TargetScore | None] = [None] * len(prompts)
     good = []
     for i, (prompt, target) in enumerate(zip(prompts, targets)):
-        length = len(prompt) + (0 if encoder_decoder else len(target))
+        # A decoder-only model reads prompt + target minus the last target token.
+        length = len(prompt) + (0 if encoder_decoder else len(target) - 1)
         if not encoder_decoder and not prompt:
             results[i] = TargetScore(None, len(target), f"request {i}: the prompt is empty; the "
                                      "first target token needs context (e.g. a BOS id).")
@@ -85,7 +91,7 @@ def score(model: nnx.Module, params: Any, prompts: Sequence[Sequence[int]],
         sums = _encoder_decoder_fn(nnx.graphdef(model))(params, encoder, encoder_valid, decoder,
                                                         labels, weights)
     else:
-        width = _round_up(max(len(prompts[i]) + len(targets[i]) for i in good))
+        width = _round_up(max(len(prompts[i]) + len(targets[i]) - 1 for i in good))
         inputs = np.full((batch, width), pad_id, np.int32)
         labels = np.full((batch, width), pad_id, np.int32)
         weights = np.zeros((batch, width), np.float32)
@@ -95,9 +101,10 @@ def score(model: nnx.Module, params: Any, prompts: Sequence[Sequence[int]],
             labels[row, :len(sequence) - 1] = sequence[1:]
             weights[row, len(prompts[i]) - 1:len(sequence) - 1] = 1.0
         sums = _decoder_fn(nnx.graphdef(model))(params, inputs, labels, weights)
-    sums = np.asarray(jax.device_get(sums))
+    sums, correct = (np.asarray(x) for x in jax.device_get(sums))
     for row, i in enumerate(good):
-        results[i] = TargetScore(float(sums[row]), len(targets[i]))
+        results[i] = TargetScore(float(sums[row]), len(targets[i]),
+                                 num_correct=int(round(float(correct[row]))))
     return results  # type: ignore[return-value]
 
 
@@ -108,7 +115,8 @@ def _round_up(n: int) -> int:
 def _target_log_likelihood(logits, labels, weights):
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
-    return jnp.sum(picked * weights, axis=-1)
+    hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(picked * weights, axis=-1), jnp.sum(hits * weights, axis=-1)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,0 +1,199 @@
+"""`llmos infer`: decode every prompt of a JSONL file, or every example of a task split.
+
+The model is built from the run's gin file and restored from `--checkpoint`
+(`llmos_jax.inference.model_loading`); decoding is set by `DecodeConfig` in
+gin (`--gin.DecodeConfig.method="'sample'"`, `--gin.DecodeConfig.top_k=40`,
+...). The work is done in chunks that are saved as they finish, so rerunning
+an interrupted command resumes it; on several hosts each host decodes its own
+chunks and the chief merges them (`llmos_jax.inference.batch_inference`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from llmos_jax.errors import UserError
+
+if TYPE_CHECKING:
+    from llmos_jax.cli.main import Command, ParsedFlags
+
+log = logging.getLogger("llmos_jax.infer")
+
+INFER_EXAMPLE = ("llmos infer --gin_file=runs/shakespeare/config.gin --checkpoint=runs/shakespeare "
+                 "--input=prompts.jsonl --output=samples.jsonl "
+                 "--gin.DecodeConfig.method=\"'sample'\" --gin.DecodeConfig.top_k=40")
+
+
+def infer_command() -> Command:
+    """Builds the `llmos infer` command."""
+    from llmos_jax.cli.main import Command, Flag
+
+    flags = (
+        Flag("gin_file", "PATH", "The run's gin file (e.g. its model_dir/config.gin); repeatable, "
+             "later files win.", repeatable=True),
+        Flag("gin.", "VALUE", "Override one gin binding, e.g. --gin.DecodeConfig.top_p=0.9 or "
+             "--gin.DecodeConfig.method=\"'beam'\".", repeatable=True),
+        Flag("gin_search_path", "DIR", "Extra folder to search for gin files; repeatable.",
+             repeatable=True),
+        Flag("checkpoint", "DIR", "A run's model_dir (its latest checkpoint), its checkpoints/ "
+             "folder, or a params-only export folder (model_dir/export)."),
+        Flag("input", "FILE", "JSONL requests, one object a line: {\"prompt\": \"...\"} (or "
+             "\"inputs\" for encoder-decoders), optional \"id\" and \"seed\"."),
+        Flag("task", "NAME", "Decode a seqio Task's (or Mixture's) examples instead of --input."),
+        Flag("split", "NAME", "The --task split (default validation)."),
+        Flag("prompt_feature", "NAME", "The --task feature used as the prompt (default inputs, "
+             "else targets)."),
+        Flag("max_examples", "N", "Decode only the first N examples of the --task split."),
+        Flag("output", "FILE", "The JSONL results, one line per request in input order; "
+             "finished chunks are kept in FILE.parts/ until all are done."),
+        Flag("chunk_size", "N", "Requests per saved chunk, the unit a rerun skips (default 64)."),
+        Flag("batch_size", "N", "Requests decoded together (default: the chunk size)."),
+        Flag("strict", "BOOL", "true: stop at the first malformed JSONL line; false (default): "
+             "write an error record for it and go on."),
+        Flag("stop_after_chunks", "N", "Decode at most N chunks, then stop (rerun to continue)."),
+    )
+    return Command(
+        name="infer",
+        summary="Decode a JSONL file of prompts, or a task split, with a checkpoint.",
+        description="Generate completions for every prompt of a JSONL file, or every example of "
+        "a seqio task split, with a trained checkpoint. Decoding is set by DecodeConfig in gin. "
+        "Chunks are saved as they finish, so an interrupted run resumes where it stopped; on "
+        "several hosts each decodes its share.",
+        usage="llmos infer --gin_file=PATH --checkpoint=DIR (--input=FILE | --task=NAME "
+        "[--split=NAME]) --output=FILE [--gin.DecodeConfig.NAME=VALUE ...]",
+        flags=flags,
+        example=INFER_EXAMPLE,
+        run=run_infer,
+    )
+
+
+def _int_flag(flags: ParsedFlags, name: str, default: int | None) -> int | None:
+    value = flags.one(name)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise UserError(f"--{name}={value!r} is not an integer.") from None
+    if number <= 0:
+        raise UserError(f"--{name}={number} must be positive.")
+    return number
+
+
+def _bool_flag(flags: ParsedFlags, name: str) -> bool:
+    value = (flags.one(name) or "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise UserError(f"--{name}={value!r} must be true or false.")
+    return value in ("true", "1")
+
+
+def _required(flags: ParsedFlags, name: str, what: str) -> str:
+    value = flags.one(name)
+    if not value:
+        raise UserError(f"llmos infer needs --{name}, {what}, e.g. {INFER_EXAMPLE}")
+    return value
+
+
+def _lengths(sequence_length: int | Mapping[str, int], provider) -> dict[str, int]:
+    """Per-feature lengths of the task's token features, as training cut them."""
+    features = {k for k, f in provider.output_features.items() if f.rank == 1}
+    if isinstance(sequence_length, Mapping):
+        return {k: int(v) for k, v in sequence_length.items() if k in features}
+    return dict.fromkeys(features, int(sequence_length))
+
+
+def _barrier(process_count: int):
+    if process_count == 1:
+        return None
+    from jax.experimental import multihost_utils
+
+    return lambda: multihost_utils.sync_global_devices("llmos_infer_chunks_done")
+
+
+def run_infer(flags: ParsedFlags) -> int:
+    """Loads the model, reads the requests, decodes this host's chunks, merges on the chief."""
+    started = time.perf_counter()
+    gin_files = flags.all("gin_file")
+    if not gin_files:
+        raise UserError(f"llmos infer needs --gin_file, the run's gin file, e.g. {INFER_EXAMPLE}")
+    checkpoint = _required(flags, "checkpoint", "the run's model_dir or export folder")
+    output = _required(flags, "output", "the JSONL file to write")
+    input_path, task = flags.one("input"), flags.one("task")
+    if bool(input_path) == bool(task):
+        raise UserError("llmos infer needs exactly one of --input (a JSONL file of prompts) and "
+                        "--task (a seqio task split to decode).")
+    for name in ("split", "prompt_feature", "max_examples"):
+        if flags.one(name) is not None and not task:
+            raise UserError(f"--{name} applies to --task only; with --input every line is decoded.")
+    chunk_size = _int_flag(flags, "chunk_size", 64)
+    batch_size = _int_flag(flags, "batch_size", chunk_size)
+    strict = _bool_flag(flags, "strict")
+
+    from llmos_jax.inference import batch_inference
+
+    source = batch_inference.read_jsonl(input_path, strict=strict) if input_path else None
+
+    import jax
+
+    from llmos_jax.data.registry import get_provider
+    from llmos_jax.inference.model_loading import decode_config_from_gin, load_for_inference
+
+    bindings, sources = [], []
+    for given in flags.values:
+        if given.flag.name == "gin.":
+            bindings.append(f"{given.key} = {given.value}")
+            sources.append(given.spelled)
+    loaded = load_for_inference(gin_files, bindings, checkpoint=checkpoint, task_name=task,
+                                search_paths=flags.all("gin_search_path"),
+                                binding_sources=sources)
+    vocabularies = loaded.vocabularies
+    config = decode_config_from_gin(vocabularies.outputs)
+    if task:
+        split = flags.one("split") or "validation"
+        provider = get_provider(task, split, setting="--task", split_setting="--split")
+        tasks = getattr(provider, "tasks", None) or [provider]
+        source = batch_inference.read_task(
+            provider, split, vocabulary=vocabularies.inputs,
+            feature=flags.one("prompt_feature"),
+            sequence_length=_lengths(loaded.settings["sequence_length"], tasks[0]),
+            max_examples=_int_flag(flags, "max_examples", None))
+    add_eos = loaded.encoder_decoder and vocabularies.inputs_add_eos
+    eos = vocabularies.inputs.eos_id
+
+    def encode(text: str) -> list[int]:
+        tokens = [int(t) for t in vocabularies.inputs.encode(text)]
+        return tokens + [eos] if add_eos and tokens else tokens
+
+    manifest: dict[str, Any] = {"checkpoint": str(loaded.location.path),
+                                "step": loaded.location.step,
+                                "decode_config": json.loads(json.dumps(
+                                    dataclasses.asdict(config)))}
+    decode = batch_inference.generate_fn(loaded.model, loaded.params, config,
+                                         vocabulary=vocabularies.outputs, batch_size=batch_size)
+    load_seconds = time.perf_counter() - started
+    summary = batch_inference.run_batch_inference(
+        source, decode, output, encode=encode, base_seed=config.seed, chunk_size=chunk_size,
+        manifest=manifest, process_index=jax.process_index(),
+        process_count=jax.process_count(), barrier=_barrier(jax.process_count()),
+        stop_after_chunks=_int_flag(flags, "stop_after_chunks", None))
+    malformed = [r.extra.get("line") for r in source.malformed]
+    if malformed:
+        shown = ", ".join(str(line) for line in malformed[:20]) + (
+            "..." if len(malformed) > 20 else "")
+        print(f"skipped {len(malformed)} malformed line(s) of {input_path} (lines {shown}); "
+              "each has an error record in the output")
+    print(f"{summary.chunks_decoded} chunk(s) decoded, {summary.chunks_skipped} already done, of "
+          f"{summary.num_chunks} ({summary.num_requests} requests, {summary.errors} errors "
+          f"in the decoded chunks); {summary.generated_tokens} tokens in "
+          f"{summary.decode_seconds:.1f}s = {summary.tokens_per_second:.1f} tokens/s; "
+          f"model load {load_seconds:.1f}s, wall {time.perf_counter() - started:.1f}s")
+    if summary.merged:
+        print(f"results written to {output}")
+    elif not summary.complete:
+        print("stopped early: rerun the same command to decode the remaining chunks")
+    return 0

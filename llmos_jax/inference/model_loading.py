@@ -1,0 +1,319 @@
+"""A trained model ready to decode: built from a run's gin files, weights from its checkpoint.
+
+`llmos infer` and `llmos eval` both start from the same three inputs (gin
+files, gin bindings, a `--checkpoint` folder) and need the same things back:
+the model built exactly as `llmos train` built it (`train.model_config`,
+`train.objective`, mesh and rules), its parameters restored and placed on
+that mesh, the task's vocabularies, and the metadata saved with the weights.
+`load_for_inference` does all of it, and refuses before any weight is read
+when the checkpoint's vocabulary is not the task's.
+
+`--checkpoint` may be a run's `model_dir` (its latest checkpoint), its
+`checkpoints/` folder, or a params-only export (`model_dir/export`).
+
+Importing this module registers `DecodeConfig` with gin, so gin files and
+`--gin.DecodeConfig.NAME=VALUE` flags set decoding; `decode_config_from_gin`
+builds it, taking the vocabulary's EOS unless `DecodeConfig.eos_id` is bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gin
+import jax
+import seqio
+from flax import nnx
+
+from llmos_jax.errors import UserError
+from llmos_jax.inference.decode_config import DecodeConfig
+from llmos_jax.inference.decoding_model import is_encoder_decoder
+
+log = logging.getLogger("llmos_jax.inference")
+
+# Registered as `llmos_jax.inference.DecodeConfig`, the name `llmos eval` registers it
+# under too, so gin sees one `DecodeConfig`. Only calls through the returned wrapper
+# receive the bindings.
+_gin_decode_config = gin.external_configurable(DecodeConfig, module="llmos_jax.inference")
+
+_THIS_MODULE = __name__
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointLocation:
+    """Where parameters come from, and what was recorded with them.
+
+    Attributes:
+      path: What `warm_start.read_our_params` reads (model_dir, checkpoints/ or export).
+      step: The training step of the weights (0 for an export without metadata).
+      meta: The JSON saved with them (model config, vocabulary, data position).
+      model_dir: The run folder.
+    """
+
+    path: pathlib.Path
+    step: int
+    meta: dict[str, Any]
+    model_dir: pathlib.Path
+
+
+def find_checkpoint(location: str, *, flag: str = "--checkpoint") -> CheckpointLocation:
+    """The export or latest checkpoint at `location`, with its metadata.
+
+    Raises:
+      UserError: the folder is missing or holds neither an export nor a checkpoint.
+    """
+    path = pathlib.Path(location).expanduser().absolute()
+    if not path.is_dir():
+        raise UserError(f"{flag}={location!r}: {path} is not a directory; give a run's "
+                        "model_dir, its checkpoints/ folder or its export/ folder.")
+    if (path / "params").is_dir():  # `export_params`.
+        meta_file = path / "meta.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        model_dir = path.parent if path.name == "export" else path
+        return CheckpointLocation(path, int(meta.get("step", 0)), meta, model_dir)
+    checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir())
+    if not steps:
+        raise UserError(f"{flag}={location!r} holds no checkpoint (no {path}/checkpoints/<step>) "
+                        f"and no export (no {path}/params); train first, or point at the run's "
+                        "model_dir or export/ folder.")
+    from llmos_jax.training.checkpointing import Checkpointer
+
+    checkpointer = Checkpointer(checkpoints.parent, save_every=1, async_save=False)
+    try:
+        meta = checkpointer.read_meta(steps[-1])
+    finally:
+        checkpointer.close()
+    return CheckpointLocation(path, steps[-1], meta, checkpoints.parent)
+
+
+def parse_run_gin(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
+                  model_dir: str | pathlib.Path | None = None, search_paths: Sequence[str] = (),
+                  binding_sources: Sequence[str] | None = None,
+                  extra_modules: Sequence[str] = ()) -> None:
+    """Parses a run's gin files with the training configurables and `DecodeConfig` registered.
+
+    `MODEL_DIR` is bound to `model_dir` first, as `llmos train` binds it, so
+    files that use the macro parse; later bindings win.
+    """
+    from llmos_jax.cli import gin_config
+
+    if not gin_files:
+        raise UserError("no gin file given; pass the run's gin file with --gin_file (e.g. its "
+                        "model_dir/config.gin).")
+    bindings, sources = list(bindings), list(binding_sources or bindings)
+    if model_dir is not None:
+        bindings.insert(0, f"MODEL_DIR = {str(model_dir)!r}")
+        sources.insert(0, "--checkpoint")
+    gin_config.parse_gin(list(gin_files), bindings, list(search_paths), binding_sources=sources,
+                         configurable_modules=(*gin_config.CONFIGURABLE_MODULES, _THIS_MODULE,
+                                               *extra_modules))
+
+
+def train_settings() -> dict[str, Any]:
+    """`train`'s arguments as the parsed gin gives them: its defaults, overridden by the bindings."""
+    from llmos_jax.training import trainer
+
+    parameters = inspect.signature(trainer.train).parameters
+    settings = {name: p.default for name, p in parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    settings.update(gin.get_bindings(trainer.train))
+    for required in ("model_config", "task_name"):
+        if settings.get(required) is gin.REQUIRED:
+            settings[required] = None
+    if settings["model_config"] is None:
+        raise UserError("the gin files bind no train.model_config; pass the run's gin file "
+                        "(e.g. its model_dir/config.gin) with --gin_file.")
+    return settings
+
+
+def decode_config_from_gin(vocabulary: seqio.Vocabulary | None = None) -> DecodeConfig:
+    """`DecodeConfig()` with the gin bindings; `eos_id` from `vocabulary` unless bound."""
+    config = _gin_decode_config()
+    bound = gin.get_bindings(DecodeConfig)
+    if "eos_id" not in bound and vocabulary is not None and vocabulary.eos_id is not None:
+        config = dataclasses.replace(config, eos_id=int(vocabulary.eos_id))
+    return config
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskVocabularies:
+    """The vocabulary prompts are encoded with, and the one outputs are decoded with.
+
+    Attributes:
+      inputs: Encodes prompts (the task's `inputs` feature when it has one).
+      outputs: Decodes generated ids (the `targets` feature).
+      inputs_add_eos: Whether the task ends its `inputs` with EOS (encoder
+        inputs are fed as trained).
+    """
+
+    inputs: seqio.Vocabulary
+    outputs: seqio.Vocabulary
+    inputs_add_eos: bool = False
+
+
+def task_vocabularies(provider: seqio.DatasetProviderBase) -> TaskVocabularies:
+    """The vocabularies of a Task (or a Mixture's first Task)."""
+    features = provider.output_features
+    ordered = [features[k] for k in ("targets", "inputs", "input_ids") if k in features]
+    output = ordered[0] if ordered else next(iter(features.values()))
+    source = features.get("inputs", output)
+    return TaskVocabularies(source.vocabulary, output.vocabulary,
+                            bool(getattr(source, "add_eos", False)) and "inputs" in features)
+
+
+def check_vocabulary(meta: Mapping[str, Any], vocabularies: Sequence[seqio.Vocabulary], *,
+                     checkpoint: str, source: str) -> None:
+    """Refuses weights trained with a vocabulary other than the one that would encode or decode.
+
+    Args:
+      meta: The checkpoint's metadata (its `vocabulary` entry, if any, is compared).
+      vocabularies: The vocabularies that will be used with the weights.
+      checkpoint: The `--checkpoint` value, for the message.
+      source: What chose the vocabularies, e.g. "task 'tiny_shakespeare_char'".
+
+    Raises:
+      UserError: naming both vocabularies.
+    """
+    from llmos_jax.training.run_metadata import describe_vocabulary
+
+    saved = meta.get("vocabulary")
+    if saved is None:
+        log.warning("%s has no vocabulary record; cannot check it matches %s", checkpoint, source)
+        return
+    for vocabulary in vocabularies:
+        current = describe_vocabulary(vocabulary)
+        if current != saved:
+            raise UserError(
+                f"--checkpoint={checkpoint!r} was trained with vocabulary {saved} but {source} "
+                f"uses {current}; use the task (gin file) the checkpoint was trained with, or "
+                "the checkpoint trained for this task.")
+
+
+def restore_params(location: CheckpointLocation, spec, shardings, *, checkpoint: str):
+    """The checkpoint's parameters in the model's tree structure, placed with `shardings`."""
+    from llmos_jax.training.checkpointing import first_shape_mismatch
+    from llmos_jax.training.warm_start import flat_params, read_our_params
+
+    saved = read_our_params(str(location.path))
+    expected = flat_params(spec.abstract_params)
+    mismatch = first_shape_mismatch({k: v.shape for k, v in saved.items()},
+                                    {k: v.shape for k, v in expected.items()})
+    if mismatch:
+        raise UserError(f"--checkpoint={checkpoint!r} does not fit the gin file's model: "
+                        f"{mismatch}. Pass the gin file the run was trained with (its "
+                        "model_dir/config.gin).")
+    placed = [jax.device_put(saved[name].astype(abstract.dtype), sharding)
+              for (name, abstract), sharding in zip(expected.items(),
+                                                    flat_params(shardings).values())]
+    return jax.tree.unflatten(jax.tree.structure(spec.abstract_params), placed)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceModel:
+    """A restored model and everything needed to feed it.
+
+    Attributes:
+      model: The module, holding the restored (sharded) parameters.
+      params: The same parameters as a pure dict, for `generate`/`score`.
+      objective: The training objective that built the model.
+      task_name: The task whose vocabularies are in `vocabularies`.
+      vocabularies: Encode prompts / decode outputs.
+      location: The checkpoint read, with its step and metadata.
+      settings: `train`'s arguments from the gin files (sequence_length, ...).
+      mesh: The mesh the parameters are laid out on.
+    """
+
+    model: nnx.Module
+    params: Any
+    objective: Any
+    task_name: str
+    vocabularies: TaskVocabularies
+    location: CheckpointLocation
+    settings: dict[str, Any]
+    mesh: jax.sharding.Mesh
+
+    @property
+    def encoder_decoder(self) -> bool:
+        return is_encoder_decoder(self.model)
+
+
+def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
+                       checkpoint: str, task_name: str | None = None,
+                       search_paths: Sequence[str] = (),
+                       binding_sources: Sequence[str] | None = None,
+                       devices: Sequence[jax.Device] | None = None,
+                       parse: bool = True) -> InferenceModel:
+    """Parses the run's gin files, checks the vocabulary, builds the model and restores it.
+
+    Args:
+      gin_files: The run's gin files (e.g. its model_dir/config.gin).
+      bindings: Gin statements applied after the files (e.g. from `--gin.` flags).
+      checkpoint: A model_dir, its checkpoints/ folder, or an export folder.
+      task_name: The task whose vocabulary is used (default `train.task_name`,
+        else the task recorded with the checkpoint).
+      search_paths: Extra folders for gin files.
+      binding_sources: How each binding was given, for error messages.
+      devices: Lay the mesh (`train.mesh_config`) over these devices; default
+        this host's devices, so each host decodes its own requests.
+      parse: False when the caller has already parsed gin.
+
+    Raises:
+      UserError: a missing checkpoint or task, a vocabulary mismatch (before
+        any weight is read), or weights that do not fit the gin model.
+    """
+    from llmos_jax.data.registry import get_provider
+    from llmos_jax.partitioning import LogicalSharder, build_mesh, rules_from_mapping
+    from llmos_jax.training.objectives import CausalLm
+    from llmos_jax.training.train_state import model_spec, param_shardings
+
+    location = find_checkpoint(checkpoint)
+    if parse:
+        parse_run_gin(gin_files, bindings, model_dir=location.model_dir,
+                      search_paths=search_paths, binding_sources=binding_sources)
+    settings = train_settings()
+    setting = "--task"
+    if task_name is None:
+        setting = "train.task_name"
+        task_name = settings["task_name"] or location.meta.get("data", {}).get("task_name")
+    if not task_name:
+        raise UserError("no task gives the vocabulary: the gin files bind no train.task_name and "
+                        "the checkpoint records none; pass the run's gin file or --task.")
+    provider = get_provider(task_name, setting=setting)
+    vocabularies = task_vocabularies(provider)
+    check_vocabulary(location.meta, [vocabularies.inputs, vocabularies.outputs],
+                     checkpoint=checkpoint, source=f"task {task_name!r} ({setting})")
+
+    model_config = settings["model_config"]
+    _warn_on_config_drift(location.meta, model_config)
+    objective = settings["objective"] or CausalLm()
+    mesh = build_mesh(settings["mesh_config"],
+                      jax.local_devices() if devices is None else devices)
+    rules = rules_from_mapping(settings["axis_rules"])
+    sharder = LogicalSharder(mesh, rules)
+    spec = model_spec(lambda rngs: objective.build_model(model_config, rngs=rngs, shard=sharder),
+                      settings["seed"])
+    params = restore_params(location, spec, param_shardings(spec, mesh, rules),
+                            checkpoint=checkpoint)
+    model = nnx.merge(spec.graphdef, params)
+    return InferenceModel(model=model, params=params, objective=objective, task_name=task_name,
+                          vocabularies=vocabularies, location=location, settings=settings,
+                          mesh=mesh)
+
+
+def _warn_on_config_drift(meta: Mapping[str, Any], model_config) -> None:
+    saved = meta.get("model_config")
+    if not saved:
+        return
+    current = json.loads(json.dumps(dataclasses.asdict(model_config), default=str))
+    saved = json.loads(json.dumps(saved, default=str))
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if changed:
+        log.warning("the gin model config differs from the checkpoint's in %s; using the gin "
+                    "file's values", ", ".join(changed))
