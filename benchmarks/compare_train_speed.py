@@ -25,6 +25,13 @@ peaks measured in the same run.
     python benchmarks/compare_train_speed.py --setup=large --reps=20
     python benchmarks/compare_train_speed.py --setup=small --jax.scan_layers=False
 
+Ablations undo one of the framework's CPU speed-ups in the JAX worker
+(`--host_allocator=system`, `--jax_scan_unroll=1`, `--jax_attention_grad=autodiff`,
+`--no_donate`, `--jax.dtype=bfloat16`, or `--jax_pythonpath=DIR` for an older
+exported tree); `--reference=jax` times them against the default JAX step
+instead of PyTorch, alternating, so both see the same background load.
+`--dropout=0.2` turns dropout on in both models. See docs/performance.md.
+
 PyTorch's eager step is far more sensitive to other processes on the same
 cores than XLA's (two OpenMP threads barrier-wait for each other every op), so
 run it on an otherwise idle machine; the load average is printed with the
@@ -77,8 +84,11 @@ DEFAULT_REPS = {"small": 60, "large": 12}
 # ----------------------------------------------------------------------------- builders
 
 
-def build_jax(setup: Setup, jax_overrides: dict):
+def build_jax(setup: Setup, jax_overrides: dict, *, donate: bool = True, dropout: float = 0.0):
     """The llmos_jax train step for `setup`, through the framework's own builders.
+
+    `donate=False` jits the same step without donating the old state (an
+    ablation; the framework always donates).
 
     Returns (config, number of parameters, step function, holder of the state).
     """
@@ -97,7 +107,7 @@ def build_jax(setup: Setup, jax_overrides: dict):
         vocab_size=setup.vocab, num_layers=setup.num_layers, embed_dim=setup.embed_dim,
         num_heads=setup.num_heads, max_len=setup.context, position_embedding="learned",
         norm="layernorm", norm_eps=1e-5, mlp_activation="gelu", use_bias=True,
-        tie_embeddings=True, dropout_rate=0.0, dtype="float32", param_dtype="float32")
+        tie_embeddings=True, dropout_rate=dropout, dtype="float32", param_dtype="float32")
     fields.update(jax_overrides)
     config = TransformerConfig(**fields)
     mesh = build_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
@@ -109,10 +119,18 @@ def build_jax(setup: Setup, jax_overrides: dict):
                         grad_clip_norm=setup.grad_clip)
     shardings = state_shardings(spec, tx, mesh, rules)
     state = init_train_state(spec, tx, shardings)
-    step_fn = jit_train_step(
-        make_train_step(spec, tx, current_learning_rate,
-                        StepConfig(use_dropout=config.dropout_rate > 0), mesh, rules),
-        shardings, [INPUTS, TARGETS, WEIGHTS], mesh, rules)
+    train_step = make_train_step(spec, tx, current_learning_rate,
+                                 StepConfig(use_dropout=config.dropout_rate > 0), mesh, rules)
+    step_fn = jit_train_step(train_step, shardings, [INPUTS, TARGETS, WEIGHTS], mesh, rules)
+    if not donate:
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from llmos_jax.partitioning.global_batch import batch_sharding
+        step_fn = jax.jit(
+            train_step,
+            in_shardings=(shardings, {k: batch_sharding(mesh, rules, 2)
+                                      for k in (INPUTS, TARGETS, WEIGHTS)}),
+            out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, setup.vocab, (setup.batch, setup.context + 1), dtype=np.int32)
     batch = host_local_to_global(
@@ -129,7 +147,8 @@ def build_jax(setup: Setup, jax_overrides: dict):
     return config, num_params, step, holder
 
 
-def build_torch(setup: Setup, attention: str = "sdpa", adamw: str = "foreach"):
+def build_torch(setup: Setup, attention: str = "sdpa", adamw: str = "foreach",
+                dropout: float = 0.0):
     """The PyTorch reference step for `setup`: (number of parameters, step function)."""
     import numpy as np
     import torch
@@ -140,7 +159,8 @@ def build_torch(setup: Setup, attention: str = "sdpa", adamw: str = "foreach"):
     torch.manual_seed(0)
     model = TorchGPT(TorchGPTConfig(vocab_size=setup.vocab, num_layers=setup.num_layers,
                                     num_heads=setup.num_heads, embed_dim=setup.embed_dim,
-                                    max_len=setup.context, attention=attention))
+                                    max_len=setup.context, attention=attention,
+                                    dropout=dropout))
     optimizer = make_adamw(model, learning_rate=setup.learning_rate, b1=setup.b1, b2=setup.b2,
                            eps=setup.eps, weight_decay=setup.weight_decay, implementation=adamw)
     train_step = make_train_step(model, optimizer, setup.grad_clip)
@@ -186,6 +206,20 @@ def _matmul_peak(framework: str, size: int, repeats: int = 10) -> float:
     return 2.0 * size ** 3 / statistics.median(seconds)
 
 
+def _apply_jax_ablations(args) -> None:
+    """Undoes one of the framework's CPU speed-ups in this worker (see docs/performance.md)."""
+    if args.jax_scan_unroll:
+        from llmos_jax.models import decoder
+        decoder.layer_scan_unroll = lambda num_layers: args.jax_scan_unroll
+    if args.jax_attention_grad == "autodiff":
+        from llmos_jax.models import attention
+
+        def autodiff_attention(q, k, v, mask, dropout_rate=0.0, dropout_key=None):
+            return attention._softmax_attention_forward(q, k, v, mask, dropout_rate,
+                                                        dropout_key)[0]
+        attention.softmax_attention = autodiff_attention
+
+
 def worker_main(args, jax_overrides) -> int:
     """Builds one framework's step, then serves `step` / `peak SIZE` / `quit` lines on stdin."""
     setup = SETUPS[args.setup]
@@ -194,11 +228,14 @@ def worker_main(args, jax_overrides) -> int:
             from llmos_jax import runtime
             runtime.configure_host_runtime()  # what the `llmos` entry point does first
         import jax
-        _, num_params, step, _ = build_jax(setup, jax_overrides)
+        _apply_jax_ablations(args)
+        _, num_params, step, _ = build_jax(setup, jax_overrides, donate=not args.no_donate,
+                                           dropout=args.dropout)
         info = {"framework": f"jax {jax.__version__}", "threads": os.cpu_count()}
     else:
         import torch
-        num_params, step = build_torch(setup, args.torch_attention, args.torch_adamw)
+        num_params, step = build_torch(setup, args.torch_attention, args.torch_adamw,
+                                       args.dropout)
         info = {"framework": f"torch {torch.__version__}", "threads": torch.get_num_threads()}
     start = time.perf_counter()
     for _ in range(args.warmup):
@@ -219,15 +256,37 @@ def worker_main(args, jax_overrides) -> int:
 
 
 class Worker:
-    def __init__(self, kind: str, args, passthrough: list[str]):
+    """One framework's step in a child process.
+
+    `plain_jax=True` starts the framework's default JAX step (no ablation flags,
+    overrides or other code), the reference of `--reference=jax`.
+    """
+
+    def __init__(self, kind: str, args, passthrough: list[str], plain_jax: bool = False):
         command = [sys.executable, os.path.abspath(__file__), f"--worker={kind}",
                    f"--setup={args.setup_name}", f"--warmup={args.warmup}",
                    f"--torch_attention={args.torch_attention}",
-                   f"--torch_adamw={args.torch_adamw}", *passthrough]
-        if args.no_runtime_config:
-            command.append("--no_runtime_config")
+                   f"--torch_adamw={args.torch_adamw}", f"--dropout={args.dropout}"]
+        if plain_jax:
+            self._start(kind, command, dict(os.environ))
+            return
+        command += passthrough
+        for flag in ("no_runtime_config", "no_donate"):
+            if getattr(args, flag):
+                command.append(f"--{flag}")
+        command += [f"--jax_scan_unroll={args.jax_scan_unroll}",
+                    f"--jax_attention_grad={args.jax_attention_grad}"]
+        env = dict(os.environ)
+        if kind == "jax" and args.host_allocator == "system":
+            env["LLMOS_HOST_ALLOCATOR"] = "system"
+        if kind == "jax" and args.jax_pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [os.path.abspath(args.jax_pythonpath)] + env.get("PYTHONPATH", "").split(os.pathsep))
+        self._start(kind, command, env)
+
+    def _start(self, kind: str, command: list[str], env: dict) -> None:
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
+                                        text=True, env=env)
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"the {kind} worker exited before it was ready: {command}")
@@ -277,10 +336,15 @@ def run_setup(name: str, args, passthrough) -> dict:
     setup = SETUPS[name]
     args.setup_name = name
     jax_worker = Worker("jax", args, passthrough)
-    torch_worker = Worker("torch", args, passthrough)
+    # The "torch" slot holds the reference: PyTorch, or with --reference=jax the
+    # framework's default JAX step, so an ablation is timed against it under the same load.
+    reference_is_jax = args.reference == "jax"
+    torch_worker = Worker("jax" if reference_is_jax else "torch", args, passthrough,
+                          plain_jax=reference_is_jax)
     load_before = _loadavg()
     print(f"[{name}] {setup.num_layers} layers x {setup.embed_dim}, {setup.num_heads} heads, "
-          f"context {setup.context}, batch {setup.batch}, vocab {setup.vocab}, float32, dropout 0")
+          f"context {setup.context}, batch {setup.batch}, vocab {setup.vocab}, float32, "
+          f"dropout {args.dropout}")
     equal = jax_worker.info["params"] == torch_worker.info["params"]
     print(f"[{name}] parameters: llmos_jax {jax_worker.info['params']:,}  "
           f"torch {torch_worker.info['params']:,}  {'(equal)' if equal else '(DIFFERENT!)'}")
@@ -341,7 +405,27 @@ def main(argv=None) -> int:
                         default="foreach")
     parser.add_argument("--peak_size", type=int, default=1024)
     parser.add_argument("--no_runtime_config", action="store_true",
-                        help="JAX worker: skip llmos_jax.runtime.configure_host_runtime()")
+                        help="JAX worker: skip llmos_jax.runtime.configure_host_runtime() at "
+                        "start (jit_train_step still tunes malloc late; see --host_allocator)")
+    parser.add_argument("--host_allocator", choices=["tuned", "system"], default="tuned",
+                        help="system: JAX worker runs with LLMOS_HOST_ALLOCATOR=system, glibc "
+                        "malloc untouched")
+    parser.add_argument("--jax_scan_unroll", type=int, default=0,
+                        help="layers per layer-scan iteration (0: the framework's choice, the "
+                        "whole stack on CPU; 1: a rolled while loop)")
+    parser.add_argument("--jax_attention_grad", choices=["custom", "autodiff"], default="custom",
+                        help="autodiff: differentiate the attention formula instead of the "
+                        "hand-written backward pass")
+    parser.add_argument("--no_donate", action="store_true",
+                        help="JAX worker: jit the step without donating the old state")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="dropout rate in both models (nanoGPT's GPU setup uses 0.2)")
+    parser.add_argument("--jax_pythonpath",
+                        help="put this folder first on the JAX worker's PYTHONPATH, e.g. an "
+                        "exported older tree (`git archive REV | tar -x -C DIR`)")
+    parser.add_argument("--reference", choices=["torch", "jax"], default="torch",
+                        help="jax: time the (ablated) JAX step against the default JAX step "
+                        "instead of PyTorch; the 'torch' columns then mean that reference")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
@@ -365,7 +449,12 @@ def main(argv=None) -> int:
     print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch attention="
           f"{args.torch_attention}, AdamW={args.torch_adamw}; jax overrides "
-          f"{jax_overrides or 'none'}")
+          f"{jax_overrides or 'none'}; ablations: runtime config "
+          f"{'off' if args.no_runtime_config else 'on'}, allocator {args.host_allocator}, "
+          f"scan unroll {args.jax_scan_unroll or 'default'}, attention grad "
+          f"{args.jax_attention_grad}, donate {not args.no_donate}, dropout {args.dropout}, "
+          f"jax code {args.jax_pythonpath or 'this tree'}; reference "
+          f"{'the default llmos_jax step (columns labelled torch)' if args.reference == 'jax' else 'torch'}")
     results = [run_setup(name, args, rest) for name in names]
     print()
     print("| setup | params | llmos_jax ms/step | torch ms/step | torch/jax | "

@@ -4,6 +4,9 @@ The same architecture as `llmos_jax.models.DecoderLM` with a GPT-2 config
 (learned positions, pre-norm LayerNorm with bias, tanh-GELU MLP of width
 `mlp_dim`, biases everywhere, tied token embedding / LM head, no dropout),
 written the way nanoGPT writes it: eager mode, no `torch.compile`, float32.
+`TorchGPTConfig` switches turn it into nanoGPT's shakespeare_char model
+(`bias=False`, `gelu_approximate="none"`, `dropout`); its initialisation is
+nanoGPT's (normal 0.02, residual projections 0.02 / sqrt(2 * num_layers)).
 The optimizer matches `llmos_jax.training.optimizers.make_optimizer("adamw")`:
 global-norm clipping to 1.0, AdamW(b1, b2, eps) with decoupled weight decay on
 matrices and embeddings only (not on biases or norm parameters).
@@ -35,6 +38,15 @@ class TorchGPTConfig:
     # "manual": softmax(QK^T/sqrt(d) + causal mask) V written out, nanoGPT's fallback.
     attention: str = "sdpa"
     init_std: float = 0.02
+    # nanoGPT's `bias` flag: False drops the biases of every Linear and
+    # LayerNorm (its shakespeare_char runs use False).
+    bias: bool = True
+    # "tanh" (GPT-2's approximation) or "none" (exact erf GELU, nanoGPT's nn.GELU()).
+    gelu_approximate: str = "tanh"
+    norm_eps: float = 1e-5
+    # nanoGPT's dropout: on the embeddings, the attention probabilities and both
+    # residual branches; active in train() mode only.
+    dropout: float = 0.0
 
     @property
     def hidden(self) -> int:
@@ -46,10 +58,12 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = c.num_heads
         self.attention = c.attention
+        self.dropout = c.dropout
+        self.resid_dropout = nn.Dropout(c.dropout)
         # One fused q/k/v projection, as nanoGPT: same parameters and FLOPs as
         # llmos_jax's separate query/key/value kernels.
-        self.c_attn = nn.Linear(c.embed_dim, 3 * c.embed_dim, bias=True)
-        self.c_proj = nn.Linear(c.embed_dim, c.embed_dim, bias=True)
+        self.c_attn = nn.Linear(c.embed_dim, 3 * c.embed_dim, bias=c.bias)
+        self.c_proj = nn.Linear(c.embed_dim, c.embed_dim, bias=c.bias)
         if c.attention == "manual":
             mask = torch.tril(torch.ones(c.max_len, c.max_len, dtype=torch.bool))
             self.register_buffer("mask", mask.view(1, 1, c.max_len, c.max_len), persistent=False)
@@ -62,27 +76,37 @@ class CausalSelfAttention(nn.Module):
         k = k.view(b, t, h, d // h).transpose(1, 2)
         v = v.view(b, t, h, d // h).transpose(1, 2)
         if self.attention == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:
             att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
             att = att.masked_fill(~self.mask[:, :, :t, :t], float("-inf"))
-            y = F.softmax(att, dim=-1) @ v
+            att = F.dropout(F.softmax(att, dim=-1), self.dropout, self.training)
+            y = att @ v
         y = y.transpose(1, 2).contiguous().view(b, t, d)
-        return self.c_proj(y)
+        return self.resid_dropout(self.c_proj(y))
+
+
+def _layer_norm(c: TorchGPTConfig) -> nn.LayerNorm:
+    # bias=False is nanoGPT's LayerNorm(ndim, bias=False): a scale, no shift.
+    return nn.LayerNorm(c.embed_dim, eps=c.norm_eps, bias=c.bias)
 
 
 class Block(nn.Module):
     def __init__(self, c: TorchGPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(c.embed_dim, eps=1e-5)
+        self.ln_1 = _layer_norm(c)
         self.attn = CausalSelfAttention(c)
-        self.ln_2 = nn.LayerNorm(c.embed_dim, eps=1e-5)
-        self.c_fc = nn.Linear(c.embed_dim, c.hidden, bias=True)
-        self.c_proj = nn.Linear(c.hidden, c.embed_dim, bias=True)
+        self.ln_2 = _layer_norm(c)
+        self.c_fc = nn.Linear(c.embed_dim, c.hidden, bias=c.bias)
+        self.c_proj = nn.Linear(c.hidden, c.embed_dim, bias=c.bias)
+        self.gelu_approximate = c.gelu_approximate
+        self.mlp_dropout = nn.Dropout(c.dropout)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
-        return x + self.c_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+        hidden = F.gelu(self.c_fc(self.ln_2(x)), approximate=self.gelu_approximate)
+        return x + self.mlp_dropout(self.c_proj(hidden))
 
 
 class TorchGPT(nn.Module):
@@ -92,7 +116,8 @@ class TorchGPT(nn.Module):
         self.wte = nn.Embedding(c.vocab_size, c.embed_dim)
         self.wpe = nn.Embedding(c.max_len, c.embed_dim)
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.num_layers)])
-        self.ln_f = nn.LayerNorm(c.embed_dim, eps=1e-5)
+        self.ln_f = _layer_norm(c)
+        self.embed_dropout = nn.Dropout(c.dropout)
         self.apply(self._init)
         out_std = c.init_std / math.sqrt(2 * c.num_layers)
         for name, p in self.named_parameters():
@@ -108,7 +133,7 @@ class TorchGPT(nn.Module):
     def forward(self, tokens):
         t = tokens.shape[1]
         pos = torch.arange(t, device=tokens.device)
-        x = self.wte(tokens) + self.wpe(pos)
+        x = self.embed_dropout(self.wte(tokens) + self.wpe(pos))
         for block in self.blocks:
             x = block(x)
         return F.linear(self.ln_f(x), self.wte.weight)  # tied LM head
@@ -118,10 +143,20 @@ class TorchGPT(nn.Module):
 
 
 def make_adamw(model: TorchGPT, *, learning_rate: float, b1: float, b2: float, eps: float,
-               weight_decay: float, implementation: str = "foreach") -> torch.optim.AdamW:
-    """AdamW with decay on 2-D weights (matrices, embeddings) only, as llmos_jax's mask."""
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+               weight_decay: float, implementation: str = "foreach",
+               decay_embeddings: bool = True) -> torch.optim.AdamW:
+    """AdamW with decay on >= 2-D weights (matrices, embeddings) only.
+
+    That is nanoGPT's `configure_optimizers` rule and llmos_jax's default mask.
+    `decay_embeddings=False` also exempts the token and position tables.
+    """
+    embeddings = {id(model.wte.weight), id(model.wpe.weight)}
+
+    def decays(p: torch.Tensor) -> bool:
+        return p.dim() >= 2 and (decay_embeddings or id(p) not in embeddings)
+
+    decay = [p for p in model.parameters() if decays(p)]
+    no_decay = [p for p in model.parameters() if not decays(p)]
     groups = [{"params": decay, "weight_decay": weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     extra = {"foreach": {"foreach": True}, "fused": {"fused": True},
