@@ -9,87 +9,35 @@ import uuid
 import numpy as np
 import pytest
 import seqio
-import tensorflow as tf
+from classifier_helpers import CLASSIFIER_GIN, register_classification_task, train_from_gin
 
 from llmos_jax.cli.main import main
-from llmos_jax.data.finetune_tasks.seqio_tasks import (
-    class_label_id,
-    label_as_target_text,
-)
 from llmos_jax.evaluation import metrics
 
-GIN = """
-EncoderConfig.vocab_size = 32
-EncoderConfig.num_layers = 1
-EncoderConfig.embed_dim = 16
-EncoderConfig.num_heads = 2
-EncoderConfig.max_len = 8
-EncoderConfig.position_embedding = 'learned'
-EncoderConfig.norm = 'layernorm'
-EncoderConfig.use_bias = True
-EncoderConfig.dropout_rate = 0.0
-train.model_config = @EncoderConfig()
-
-train.objective = @SequenceClassification()
-SequenceClassification.pooling = 'mean'
-train.batches = @ExampleBatches
-train.pack = False
-train.sequence_length = 8
-train.global_batch_size = 8
+GIN = CLASSIFIER_GIN + """
 train.num_steps = 12
 train.log_every = 4
 train.eval_every = 12
 train.eval_batches = None
 train.checkpoint_every = 12
-train.progress_bar = False
-MeshConfig.data = 2
-MeshConfig.fsdp = -1
-MeshConfig.tensor = 1
-train.mesh_config = @MeshConfig()
 make_optimizer.learning_rate = 3e-2
-make_optimizer.weight_decay = 0.0
 """
 
 
 def _register(name, vocab_size=32):
-    rng = np.random.default_rng(0)
     # Some rows longer than the sequence length: eval must cut them as training did.
-    ids = [[1] + rng.integers(4, 32, rng.integers(2, 11)).tolist() for _ in range(64)]
-    labels = [int(row[1] < 18) for row in ids]
-
-    def dataset(split, shuffle_files, seed=None):
-        rows = slice(0, 40) if split == "train" else slice(40, 64)
-        return tf.data.Dataset.from_tensor_slices({
-            "input_ids": tf.ragged.constant(ids[rows], dtype=tf.int32),
-            "label": tf.constant(labels[rows], tf.int32)})
-
-    seqio.TaskRegistry.add(
-        name, source=seqio.FunctionDataSource(dataset, ["train", "validation"]),
-        preprocessors=[label_as_target_text], postprocess_fn=class_label_id,
-        metric_fns=[metrics.accuracy, metrics.macro_f1],
-        output_features={"input_ids": seqio.Feature(seqio.PassThroughVocabulary(vocab_size),
-                                                    add_eos=False)})
-    return name
+    return register_classification_task(name, [metrics.accuracy, metrics.macro_f1], vocab_size)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """(gin file, model_dir, task name, the training run's eval accuracy)."""
-    import gin
-    from llmos_jax.cli.gin_config import parse_gin
-    from llmos_jax.training import trainer
-
     task = _register(f"cli_eval_{uuid.uuid4().hex[:8]}")
     other = _register(f"cli_eval_other_vocab_{uuid.uuid4().hex[:8]}", vocab_size=40)
     root = tmp_path_factory.mktemp("cli_eval")
     gin_file = root / "classifier.gin"
     gin_file.write_text(GIN + f"train.task_name = {task!r}\n")
-    gin.clear_config()
-    try:
-        parse_gin([str(gin_file)], [])
-        result = trainer.train(model_dir=str(root / "run"))
-    finally:
-        gin.clear_config()
+    result = train_from_gin(gin_file, root / "run")
     assert result.last_step == 12 and result.eval_metrics["examples"] == 24
     yield gin_file, root / "run", task, other, result.eval_metrics["accuracy"]
     seqio.TaskRegistry.remove(task)

@@ -14,37 +14,15 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
+from classifier_helpers import CLASSIFIER_GIN, train_from_gin
 
-GIN = """
-EncoderConfig.vocab_size = 32
-EncoderConfig.num_layers = 1
-EncoderConfig.embed_dim = 16
-EncoderConfig.num_heads = 2
-EncoderConfig.max_len = 8
-EncoderConfig.position_embedding = 'learned'
-EncoderConfig.norm = 'layernorm'
-EncoderConfig.use_bias = True
-EncoderConfig.dropout_rate = 0.0
-train.model_config = @EncoderConfig()
-
-train.objective = @SequenceClassification()
-SequenceClassification.pooling = 'mean'
-train.batches = @ExampleBatches
-train.pack = False
-train.sequence_length = 8
-train.global_batch_size = 8
+GIN = CLASSIFIER_GIN + """
 train.num_steps = 8
 train.log_every = 1
 train.eval_every = 8
 train.eval_batches = None
 train.checkpoint_every = 8
-train.progress_bar = False
-MeshConfig.data = 2
-MeshConfig.fsdp = -1
-MeshConfig.tensor = 1
-train.mesh_config = @MeshConfig()
 make_optimizer.learning_rate = 1e-2
-make_optimizer.weight_decay = 0.0
 """
 
 
@@ -70,19 +48,9 @@ def task_name():
 
 
 def run_train(tmp_path, model_dir, *bindings):
-    import gin
-
-    from llmos_jax.cli.gin_config import parse_gin
-    from llmos_jax.training import trainer
-
     gin_file = tmp_path / "classifier.gin"
     gin_file.write_text(GIN)
-    gin.clear_config()
-    try:
-        parse_gin([str(gin_file)], list(bindings))
-        return trainer.train(model_dir=str(model_dir))
-    finally:
-        gin.clear_config()
+    return train_from_gin(gin_file, model_dir, *bindings)
 
 
 def exported(model_dir):

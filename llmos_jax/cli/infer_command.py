@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from llmos_jax.errors import UserError
@@ -99,14 +98,6 @@ def _required(flags: ParsedFlags, name: str, what: str) -> str:
     return value
 
 
-def _lengths(sequence_length: int | Mapping[str, int], provider) -> dict[str, int]:
-    """Per-feature lengths of the task's token features, as training cut them."""
-    features = {k for k, f in provider.output_features.items() if f.rank == 1}
-    if isinstance(sequence_length, Mapping):
-        return {k: int(v) for k, v in sequence_length.items() if k in features}
-    return dict.fromkeys(features, int(sequence_length))
-
-
 def _barrier(process_count: int):
     if process_count == 1:
         return None
@@ -140,7 +131,7 @@ def run_infer(flags: ParsedFlags) -> int:
 
     import jax
 
-    from llmos_jax.data.registry import get_provider
+    from llmos_jax.evaluation.objective_predictors import feature_lengths
     from llmos_jax.inference.model_loading import decode_config_from_gin, load_for_inference
 
     bindings, sources = [], []
@@ -148,19 +139,18 @@ def run_infer(flags: ParsedFlags) -> int:
         if given.flag.name == "gin.":
             bindings.append(f"{given.key} = {given.value}")
             sources.append(given.spelled)
+    split = (flags.one("split") or "validation") if task else None
     loaded = load_for_inference(gin_files, bindings, checkpoint=checkpoint, task_name=task,
-                                search_paths=flags.all("gin_search_path"),
+                                split=split, search_paths=flags.all("gin_search_path"),
                                 binding_sources=sources)
     vocabularies = loaded.vocabularies
     config = decode_config_from_gin(vocabularies.outputs)
     if task:
-        split = flags.one("split") or "validation"
-        provider = get_provider(task, split, setting="--task", split_setting="--split")
-        tasks = getattr(provider, "tasks", None) or [provider]
         source = batch_inference.read_task(
-            provider, split, vocabulary=vocabularies.inputs,
+            loaded.provider, split, vocabulary=vocabularies.inputs,
             feature=flags.one("prompt_feature"),
-            sequence_length=_lengths(loaded.settings["sequence_length"], tasks[0]),
+            sequence_length=feature_lengths(loaded.settings["sequence_length"],
+                                            loaded.first_task),
             max_examples=_int_flag(flags, "max_examples", None))
     add_eos = loaded.encoder_decoder and vocabularies.inputs_add_eos
     eos = vocabularies.inputs.eos_id

@@ -8,12 +8,15 @@ that mesh, the task's vocabularies, and the metadata saved with the weights.
 `load_for_inference` does all of it, and refuses before any weight is read
 when the checkpoint's vocabulary is not the task's.
 
-`--checkpoint` may be a run's `model_dir` (its latest checkpoint), its
-`checkpoints/` folder, or a params-only export (`model_dir/export`).
+The model is built by `llmos_jax.training.model_building`, the code `train`
+builds it with. `--checkpoint` may be a run's `model_dir` (its latest
+checkpoint), its `checkpoints/` folder, a params-only export
+(`model_dir/export`) or the best step's export (`model_dir/best`).
 
-Importing this module registers `DecodeConfig` with gin, so gin files and
-`--gin.DecodeConfig.NAME=VALUE` flags set decoding; `decode_config_from_gin`
-builds it, taking the vocabulary's EOS unless `DecodeConfig.eos_id` is bound.
+`DecodeConfig` is a gin configurable (registered with the training ones), so
+gin files and `--gin.DecodeConfig.NAME=VALUE` flags set decoding;
+`decode_config_from_gin` builds it, taking the vocabulary's EOS unless
+`DecodeConfig.eos_id` is bound.
 """
 
 from __future__ import annotations
@@ -37,12 +40,8 @@ from llmos_jax.inference.decoding_model import is_encoder_decoder
 
 log = logging.getLogger("llmos_jax.inference")
 
-# Registered as `llmos_jax.inference.DecodeConfig`, the name `llmos eval` registers it
-# under too, so gin sees one `DecodeConfig`. Only calls through the returned wrapper
-# receive the bindings.
-_gin_decode_config = gin.external_configurable(DecodeConfig, module="llmos_jax.inference")
-
-_THIS_MODULE = __name__
+# Folders `export_params` writes that sit inside a run's model_dir.
+EXPORT_DIRNAMES = ("export", "best")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +49,8 @@ class CheckpointLocation:
     """Where parameters come from, and what was recorded with them.
 
     Attributes:
-      path: What `warm_start.read_our_params` reads (model_dir, checkpoints/ or export).
+      path: What `warm_start.read_our_params` reads (model_dir, checkpoints/, export
+        or best).
       step: The training step of the weights (0 for an export without metadata).
       meta: The JSON saved with them (model config, vocabulary, data position).
       model_dir: The run folder.
@@ -75,7 +75,7 @@ def find_checkpoint(location: str, *, flag: str = "--checkpoint") -> CheckpointL
     if (path / "params").is_dir():  # `export_params`.
         meta_file = path / "meta.json"
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        model_dir = path.parent if path.name == "export" else path
+        model_dir = path.parent if path.name in EXPORT_DIRNAMES else path
         return CheckpointLocation(path, int(meta.get("step", 0)), meta, model_dir)
     checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir())
@@ -97,7 +97,7 @@ def parse_run_gin(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
                   model_dir: str | pathlib.Path | None = None, search_paths: Sequence[str] = (),
                   binding_sources: Sequence[str] | None = None,
                   extra_modules: Sequence[str] = ()) -> None:
-    """Parses a run's gin files with the training configurables and `DecodeConfig` registered.
+    """Parses a run's gin files with the training configurables (and `DecodeConfig`) registered.
 
     `MODEL_DIR` is bound to `model_dir` first, as `llmos train` binds it, so
     files that use the macro parse; later bindings win.
@@ -112,8 +112,7 @@ def parse_run_gin(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
         bindings.insert(0, f"MODEL_DIR = {str(model_dir)!r}")
         sources.insert(0, "--checkpoint")
     gin_config.parse_gin(list(gin_files), bindings, list(search_paths), binding_sources=sources,
-                         configurable_modules=(*gin_config.CONFIGURABLE_MODULES, _THIS_MODULE,
-                                               *extra_modules))
+                         configurable_modules=(*gin_config.CONFIGURABLE_MODULES, *extra_modules))
 
 
 def train_settings() -> dict[str, Any]:
@@ -135,7 +134,9 @@ def train_settings() -> dict[str, Any]:
 
 def decode_config_from_gin(vocabulary: seqio.Vocabulary | None = None) -> DecodeConfig:
     """`DecodeConfig()` with the gin bindings; `eos_id` from `vocabulary` unless bound."""
-    config = _gin_decode_config()
+    from llmos_jax.training import trainer  # noqa: F401 (registers DecodeConfig with gin)
+
+    config = gin.get_configurable(DecodeConfig)()
     bound = gin.get_bindings(DecodeConfig)
     if "eos_id" not in bound and vocabulary is not None and vocabulary.eos_id is not None:
         config = dataclasses.replace(config, eos_id=int(vocabulary.eos_id))
@@ -224,6 +225,7 @@ class InferenceModel:
       params: The same parameters as a pure dict, for `generate`/`score`.
       objective: The training objective that built the model.
       task_name: The task whose vocabularies are in `vocabularies`.
+      provider: That Task or Mixture.
       vocabularies: Encode prompts / decode outputs.
       location: The checkpoint read, with its step and metadata.
       settings: `train`'s arguments from the gin files (sequence_length, ...).
@@ -234,6 +236,7 @@ class InferenceModel:
     params: Any
     objective: Any
     task_name: str
+    provider: seqio.DatasetProviderBase
     vocabularies: TaskVocabularies
     location: CheckpointLocation
     settings: dict[str, Any]
@@ -243,13 +246,21 @@ class InferenceModel:
     def encoder_decoder(self) -> bool:
         return is_encoder_decoder(self.model)
 
+    @property
+    def first_task(self) -> seqio.Task:
+        """The Task itself, or a Mixture's first Task (its features stand for all)."""
+        tasks = getattr(self.provider, "tasks", None)
+        return tasks[0] if tasks else self.provider
+
 
 def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
                        checkpoint: str, task_name: str | None = None,
+                       split: str | None = None, split_setting: str = "--split",
                        search_paths: Sequence[str] = (),
                        binding_sources: Sequence[str] | None = None,
                        devices: Sequence[jax.Device] | None = None,
-                       parse: bool = True) -> InferenceModel:
+                       parse: bool = True,
+                       location: CheckpointLocation | None = None) -> InferenceModel:
     """Parses the run's gin files, checks the vocabulary, builds the model and restores it.
 
     Args:
@@ -258,22 +269,26 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
       checkpoint: A model_dir, its checkpoints/ folder, or an export folder.
       task_name: The task whose vocabulary is used (default `train.task_name`,
         else the task recorded with the checkpoint).
+      split: When given, the task must have this split (checked before any
+        weight is read).
+      split_setting: The flag that gave `split`, for messages.
       search_paths: Extra folders for gin files.
       binding_sources: How each binding was given, for error messages.
       devices: Lay the mesh (`train.mesh_config`) over these devices; default
         this host's devices, so each host decodes its own requests.
       parse: False when the caller has already parsed gin.
+      location: `find_checkpoint(checkpoint)`, when the caller has it already.
 
     Raises:
-      UserError: a missing checkpoint or task, a vocabulary mismatch (before
-        any weight is read), or weights that do not fit the gin model.
+      UserError: a missing checkpoint, task or split, a vocabulary mismatch
+        (before any weight is read), or weights that do not fit the gin model.
     """
     from llmos_jax.data.registry import get_provider
-    from llmos_jax.partitioning import LogicalSharder, build_mesh, rules_from_mapping
-    from llmos_jax.training.objectives import CausalLm
-    from llmos_jax.training.train_state import model_spec, param_shardings
+    from llmos_jax.partitioning import build_mesh, rules_from_mapping
+    from llmos_jax.training.model_building import build_model_spec, resolve_objective
+    from llmos_jax.training.train_state import param_shardings
 
-    location = find_checkpoint(checkpoint)
+    location = location or find_checkpoint(checkpoint)
     if parse:
         parse_run_gin(gin_files, bindings, model_dir=location.model_dir,
                       search_paths=search_paths, binding_sources=binding_sources)
@@ -285,26 +300,24 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
     if not task_name:
         raise UserError("no task gives the vocabulary: the gin files bind no train.task_name and "
                         "the checkpoint records none; pass the run's gin file or --task.")
-    provider = get_provider(task_name, setting=setting)
+    provider = get_provider(task_name, split, setting=setting, split_setting=split_setting)
     vocabularies = task_vocabularies(provider)
     check_vocabulary(location.meta, [vocabularies.inputs, vocabularies.outputs],
                      checkpoint=checkpoint, source=f"task {task_name!r} ({setting})")
 
     model_config = settings["model_config"]
     _warn_on_config_drift(location.meta, model_config)
-    objective = settings["objective"] or CausalLm()
+    objective = resolve_objective(settings["objective"])
     mesh = build_mesh(settings["mesh_config"],
                       jax.local_devices() if devices is None else devices)
     rules = rules_from_mapping(settings["axis_rules"])
-    sharder = LogicalSharder(mesh, rules)
-    spec = model_spec(lambda rngs: objective.build_model(model_config, rngs=rngs, shard=sharder),
-                      settings["seed"])
+    spec = build_model_spec(model_config, objective, mesh, rules, settings["seed"])
     params = restore_params(location, spec, param_shardings(spec, mesh, rules),
                             checkpoint=checkpoint)
     model = nnx.merge(spec.graphdef, params)
     return InferenceModel(model=model, params=params, objective=objective, task_name=task_name,
-                          vocabularies=vocabularies, location=location, settings=settings,
-                          mesh=mesh)
+                          provider=provider, vocabularies=vocabularies, location=location,
+                          settings=settings, mesh=mesh)
 
 
 def _warn_on_config_drift(meta: Mapping[str, Any], model_config) -> None:

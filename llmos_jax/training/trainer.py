@@ -7,7 +7,9 @@ its own module. One loop trains every model family: the objective
 (decoder LM by default; MLM+NSP, T5, sequence and token classification).
 Batches are a pure function of (seed, step), so resuming only needs the step
 saved with the checkpoint; the saved metadata records that data position.
-A fresh run can start from pretrained weights (`warm_start`).
+A fresh run can start from pretrained weights (`warm_start`). Besides the
+held-out loss, `train.evaluator` runs the task's own metrics periodically and
+keeps the best step's weights (`periodic_eval`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import math
 import pathlib
-import signal
 import time
 from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
@@ -31,6 +31,7 @@ from llmos_jax import runtime
 from llmos_jax.data.example_batches import ExampleBatches  # noqa: F401 (gin: @ExampleBatches)
 from llmos_jax.data.lm_batches import LMBatches
 from llmos_jax.errors import UserError
+from llmos_jax.inference.decode_config import DecodeConfig
 from llmos_jax.inference.preview_sampler import sample_tokens
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.encoder import EncoderConfig
@@ -39,17 +40,22 @@ from llmos_jax.monitoring.flops import decoder_training_flops_per_token, mfu
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
 from llmos_jax.monitoring.peak_flops import peak_flops_per_device
 from llmos_jax.monitoring.progress import TrainProgress
-from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
+from llmos_jax.partitioning import (DEFAULT_RULES, MeshConfig, build_mesh,
                                     check_global_batch_size, host_local_to_global,
                                     rules_from_mapping)
 from llmos_jax.training import run_metadata, warm_start
 from llmos_jax.training.checkpointing import Checkpointer, check_writable, export_params
+from llmos_jax.training.model_building import build_model_spec, resolve_objective
 from llmos_jax.training.objectives import (BertPretraining, CausalLm, Objective, Seq2Seq,
                                            SequenceClassification, TokenClassification,
                                            check_batch_features)
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
+from llmos_jax.training.periodic_eval import (BestExport, PeriodicEvaluator, TaskEvaluation,
+                                              heldout_metrics)
+from llmos_jax.training.run_guards import (StopSignal, TrainingDiverged,  # noqa: F401
+                                           finite_or_raise)
 from llmos_jax.training.train_state import (TrainState, abstract_train_state, init_train_state,
-                                            model_spec, state_shardings)
+                                            state_shardings)
 from llmos_jax.training.train_step import (StepConfig, jit_eval_step, jit_train_step,
                                            make_eval_step, make_train_step)
 
@@ -63,6 +69,9 @@ for _objective in (CausalLm, Seq2Seq, BertPretraining, SequenceClassification,
     gin.external_configurable(_objective)
 gin.external_configurable(warm_start.InitFrom)
 gin.external_configurable(warm_start.hf_model_config)
+gin.external_configurable(PeriodicEvaluator)
+# Under the name `llmos eval`/`llmos infer` bindings use: `DecodeConfig.max_new_tokens = 64`.
+gin.external_configurable(DecodeConfig, module="llmos_jax.inference")
 
 log = logging.getLogger("llmos_jax.train")
 
@@ -81,10 +90,6 @@ class Batches(Protocol):
     def eval_batches(self, num_batches: int | None = None) -> Iterator[Mapping[str, np.ndarray]]: ...
 
 
-class TrainingDiverged(UserError):
-    """The loss became NaN or Inf; the last good checkpoint is kept."""
-
-
 @dataclasses.dataclass
 class TrainResult:
     """What a finished (or interrupted) run reports back."""
@@ -97,53 +102,8 @@ class TrainResult:
     interrupted: bool = False
     eval_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
     warm_start_report: warm_start.WarmStartReport | None = None
-
-
-class _StopSignal:
-    """Turns SIGTERM into a flag the loop checks, so it can save and exit cleanly."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. a notebook worker)
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-_DIVERGENCE_SIGNALS = ("loss", "grad_norm", "param_norm")
-
-
-def _finite_or_raise(step: int, metrics, checkpointer: Checkpointer) -> None:
-    """Stops on a non-finite loss, gradient or parameter norm before anything is saved.
-
-    The loss alone is not enough: it is computed before the step's update, so
-    an update that blows up the parameters shows first in `param_norm`.
-    """
-    values = {name: float(jax.device_get(metrics[name])) for name in _DIVERGENCE_SIGNALS}
-    bad = {name: value for name, value in values.items() if not math.isfinite(value)}
-    if not bad:
-        return
-    checkpointer.wait()
-    last = checkpointer.latest_step()
-    kept = (f"the last good checkpoint (step {last}) in {checkpointer.directory} is kept"
-            if last is not None else "no checkpoint had been saved yet")
-    described = ", ".join(f"{name} became {value}" for name, value in bad.items())
-    raise TrainingDiverged(
-        f"training diverged at step {step}: {described}; {kept}. Lower the learning rate "
-        "(--gin.warmup_then_decay.peak_learning_rate=...), lengthen the warmup or tighten "
-        "--gin.make_optimizer.grad_clip_norm, then rerun with the same --model_dir to resume.")
+    task_metrics: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    best: BestExport | None = None
 
 
 @gin.configurable(denylist=["model_dir"])
@@ -169,6 +129,7 @@ def train(
     eval_every: int = 100,
     eval_batches: int | None = 8,
     eval_split: str = "validation",
+    evaluator: PeriodicEvaluator | None = None,
     checkpoint_every: int = 200,
     keep_checkpoints: int = 3,
     async_checkpointing: bool = True,
@@ -211,6 +172,8 @@ def train(
       eval_every: Steps between held-out evaluations (0 disables).
       eval_batches: Global batches per evaluation (None: the whole split).
       eval_split: The held-out split of `task_name`.
+      evaluator: Also run the task's metric functions periodically, and keep
+        the best step's weights (`@PeriodicEvaluator()`); None: off.
       checkpoint_every: Steps between checkpoints.
       keep_checkpoints: How many checkpoints to keep.
       async_checkpointing: Write checkpoints in the background.
@@ -227,7 +190,7 @@ def train(
     started = time.time()
     # Before any XLA computation: makes malloc recycle XLA:CPU's per-step buffers.
     runtime.configure_host_runtime()
-    objective = CausalLm() if objective is None else objective
+    objective = resolve_objective(objective)
     model_path = check_writable(model_dir)
     rules = rules_from_mapping(axis_rules)
     mesh = build_mesh(mesh_config)
@@ -259,9 +222,11 @@ def train(
     check_batch_features(objective, first_batch.keys())
     batch_ranks = {key: value.ndim for key, value in first_batch.items()}
 
-    sharder = LogicalSharder(mesh, rules)
-    spec = model_spec(lambda rngs: objective.build_model(model_config, rngs=rngs, shard=sharder),
-                      seed)
+    spec = build_model_spec(model_config, objective, mesh, rules, seed)
+    task_eval = None if evaluator is None else TaskEvaluation(
+        evaluator, objective=objective, spec=spec, mesh=mesh, task_name=task_name,
+        split=eval_split, default_every=eval_every, sequence_length=sequence_length,
+        model_dir=model_path, write=jax.process_index() == 0)
     tx = optimizer_factory()
     shardings = state_shardings(spec, tx, mesh, rules)
 
@@ -318,7 +283,7 @@ def train(
         writer = cleanup.enter_context(MetricsWriter(model_path, enabled=is_chief))
         prefetch = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         cleanup.callback(prefetch.shutdown, wait=False, cancel_futures=True)
-        stop = cleanup.enter_context(_StopSignal())
+        stop = cleanup.enter_context(StopSignal())
         progress = cleanup.enter_context(
             TrainProgress(num_steps, start_step, enabled=progress_bar and is_chief))
 
@@ -336,7 +301,7 @@ def train(
             last = step == end_step
             if step % log_every == 0 or last or stop.requested:
                 host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _finite_or_raise(step, host, checkpointer)
+                finite_or_raise(step, host, checkpointer)
                 elapsed = time.perf_counter() - interval_start
                 tokens_per_second = interval_tokens / elapsed
                 host.update(step_time=elapsed / interval_steps, tokens_per_second=tokens_per_second)
@@ -349,13 +314,16 @@ def train(
                 progress.update(step, loss=host["loss"], tokens_per_second=tokens_per_second)
                 interval_start, interval_steps, interval_tokens = time.perf_counter(), 0, 0.0
             if eval_data is not None and (step % eval_every == 0 or last):
-                eval_metrics = evaluate(eval_step, state.params, eval_data, eval_batches,
-                                        objective, mesh, rules)
+                eval_metrics = heldout_metrics(eval_step, state.params, eval_data, eval_batches,
+                                               objective, mesh, rules)
                 writer.write_scalars(step, eval_metrics, split="eval")
                 eval_loss = eval_metrics["loss"]
                 interval_start = time.perf_counter()
+            if task_eval is not None and task_eval.due(step, last):
+                task_eval.run(step, state.params, meta)
+                interval_start = time.perf_counter()
             if checkpointer.should_save(step) or last or stop.requested:
-                _finite_or_raise(step, metrics, checkpointer)
+                finite_or_raise(step, metrics, checkpointer)
                 checkpointer.save(step, state, {**meta, "data_position": step})
             if stop.requested:
                 interrupted = True
@@ -377,7 +345,9 @@ def train(
     return TrainResult(last_step=step, train_losses=train_losses, eval_loss=eval_loss,
                        samples=samples, wall_seconds=time.time() - started,
                        interrupted=interrupted or not finished, eval_metrics=eval_metrics,
-                       warm_start_report=warm_report)
+                       warm_start_report=warm_report,
+                       task_metrics=task_eval.results if task_eval else {},
+                       best=task_eval.best if task_eval else None)
 
 
 def _warm_start(state: TrainState, init_from: warm_start.InitFrom, tx, shardings: TrainState,
@@ -419,17 +389,6 @@ def _run_peak_flops(dtype) -> tuple[float, str]:
     if jax.default_backend() == "cpu":
         return per_device, source + " (all CPU devices share the host)"
     return per_device * jax.device_count(), f"{source} x {jax.device_count()} devices"
-
-
-def evaluate(eval_step, params, eval_data: Batches, num_batches: int | None,
-             objective: Objective, mesh, rules) -> dict[str, float]:
-    """The objective's metrics over `num_batches` eval batches (sums added, then divided)."""
-    totals: dict[str, float] = {}
-    for batch in eval_data.eval_batches(num_batches):
-        sums = jax.device_get(eval_step(params, host_local_to_global(batch, mesh, rules)))
-        for key, value in sums.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    return {key: float(value) for key, value in objective.metrics(totals).items()}
 
 
 def _preview_samples(spec, params, vocabulary, config: TransformerConfig, prompts, new_tokens,

@@ -1,0 +1,111 @@
+"""The evaluator's model functions for a trained model, chosen by the objective that trained it.
+
+`llmos eval` and the evaluation inside training (`train.evaluator`) both
+turn a model and its parameters into the `predict_fn`/`score_fn` that
+`llmos_jax.evaluation.evaluator.evaluate` feeds a task's metric functions:
+
+==========================  ==========================================================
+objective                   what the model gives the metrics
+==========================  ==========================================================
+SequenceClassification      the argmax label (`predictors.sequence_classifier`)
+TokenClassification         one tag per word (`predictors.token_classifier`)
+Seq2Seq, CausalLm           generated text (`DecodeConfig`) and target scores
+==========================  ==========================================================
+
+The evaluator calls only the functions the task's metrics need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import seqio
+from flax import nnx
+from jax.sharding import Mesh
+
+from llmos_jax.errors import UserError
+from llmos_jax.evaluation import predictors
+from llmos_jax.inference.decode_config import DecodeConfig
+from llmos_jax.partitioning import data_parallel_size
+from llmos_jax.training.objectives import (CausalLm, Objective, Seq2Seq, SequenceClassification,
+                                           TokenClassification)
+
+_CLASSIFIERS = {SequenceClassification: predictors.sequence_classifier,
+                TokenClassification: predictors.token_classifier}
+_GENERATORS = (CausalLm, Seq2Seq)
+
+
+def check_objective(objective: Objective, *, caller: str = "llmos eval") -> None:
+    """Refuses, before any work, an objective that no predictor serves.
+
+    Args:
+      objective: `train.objective`.
+      caller: Who evaluates, for the message (`llmos eval`, `train.evaluator`).
+    """
+    if not isinstance(objective, (*_CLASSIFIERS, *_GENERATORS)):
+        raise UserError(f"{caller} has no predictor for train.objective="
+                        f"{type(objective).__name__}; it evaluates SequenceClassification, "
+                        "TokenClassification, Seq2Seq and CausalLm runs.")
+
+
+def feature_lengths(sequence_length: int | Mapping[str, int],
+                    provider: seqio.DatasetProviderBase) -> dict[str, int]:
+    """Per-feature lengths of the task's token (rank-1) features, as training cut them.
+
+    Args:
+      sequence_length: `train.sequence_length` (one length, or one per feature).
+      provider: The Task evaluated or decoded.
+    """
+    features = {k for k, f in provider.output_features.items() if f.rank == 1}
+    if isinstance(sequence_length, Mapping):
+        return {k: int(v) for k, v in sequence_length.items() if k in features}
+    return dict.fromkeys(features, int(sequence_length))
+
+
+def mesh_batch_size(batch_size: int, mesh: Mesh) -> int:
+    """`batch_size` rounded up to a multiple of the mesh's data-parallel size."""
+    parallel = data_parallel_size(mesh)
+    return -(-batch_size // parallel) * parallel
+
+
+def model_functions(objective: Objective, model: nnx.Module, params: Any, *,
+                    provider: seqio.Task, lengths: Mapping[str, int], batch_size: int,
+                    decode_config: DecodeConfig | None = None, caller: str = "llmos eval",
+                    task_setting: str = "--task") -> dict[str, Any]:
+    """`predict_fn`/`score_fn` keyword arguments for `evaluate`, chosen by the objective.
+
+    Args:
+      objective: The training objective that built `model`.
+      model: The model (its graph; `params` are its weights).
+      params: Parameters as a pure dict, possibly sharded.
+      provider: The Task evaluated (a Mixture's first Task).
+      lengths: `feature_lengths` of the task.
+      batch_size: Examples per model call (a multiple of the data-parallel size).
+      decode_config: How generation objectives decode, used as given; None:
+        greedy, stopping at the targets vocabulary's EOS.
+      caller: Who evaluates, for messages.
+      task_setting: The flag or gin parameter that chooses the task, for messages.
+
+    Raises:
+      UserError: an objective no predictor serves, or a task without the
+        features the classifier reads.
+    """
+    check_objective(objective, caller=caller)
+    for objective_type, factory in _CLASSIFIERS.items():
+        if isinstance(objective, objective_type):
+            if "input_ids" not in lengths:
+                raise UserError(f"train.objective={type(objective).__name__} reads 'input_ids', "
+                                f"which task {provider.name!r} does not have; set {task_setting}.")
+            return {"predict_fn": factory(model, params, sequence_length=lengths["input_ids"],
+                                          batch_size=batch_size)}
+    vocabulary = provider.output_features["targets"].vocabulary
+    if decode_config is None:
+        decode_config = DecodeConfig(eos_id=vocabulary.eos_id)
+    max_input = lengths.get("inputs")
+    return {
+        "predict_fn": predictors.generator(model, params, vocabulary=vocabulary,
+                                           decode_config=decode_config,
+                                           max_input_length=max_input, batch_size=batch_size),
+        "score_fn": predictors.target_scorer(model, params, max_input_length=max_input),
+    }
