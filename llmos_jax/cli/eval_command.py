@@ -67,19 +67,6 @@ def eval_command() -> Command:
     )
 
 
-def _int_flag(flags: ParsedFlags, name: str, default: int | None) -> int | None:
-    value = flags.one(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise UserError(f"--{name}={value!r} is not an integer.") from None
-    if number <= 0:
-        raise UserError(f"--{name}={number} must be positive.")
-    return number
-
-
 def run_eval(flags: ParsedFlags) -> int:
     """Parses gin, restores the checkpoint, evaluates, prints and writes the results."""
     checkpoint = flags.one("checkpoint")
@@ -92,16 +79,12 @@ def run_eval(flags: ParsedFlags) -> int:
     from llmos_jax.inference import model_loading
 
     location = model_loading.find_checkpoint(checkpoint)
-    bindings, sources = [], []
-    for given in flags.values:
-        if given.flag.name == "gin.":
-            bindings.append(f"{given.key} = {given.value}")
-            sources.append(given.spelled)
+    bindings, sources = flags.gin_bindings()
     model_loading.parse_run_gin(gin_files, bindings, model_dir=location.model_dir,
                                 search_paths=flags.all("gin_search_path"),
                                 binding_sources=sources)
-    batch_size = _int_flag(flags, "batch_size", 32)
-    max_examples = _int_flag(flags, "max_examples", None)
+    batch_size = flags.positive_int("batch_size", 32)
+    max_examples = flags.positive_int("max_examples", None)
 
     import jax
 

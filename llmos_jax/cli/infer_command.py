@@ -71,19 +71,6 @@ def infer_command() -> Command:
     )
 
 
-def _int_flag(flags: ParsedFlags, name: str, default: int | None) -> int | None:
-    value = flags.one(name)
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise UserError(f"--{name}={value!r} is not an integer.") from None
-    if number <= 0:
-        raise UserError(f"--{name}={number} must be positive.")
-    return number
-
-
 def _bool_flag(flags: ParsedFlags, name: str) -> bool:
     value = (flags.one(name) or "false").lower()
     if value not in ("true", "false", "1", "0"):
@@ -121,8 +108,8 @@ def run_infer(flags: ParsedFlags) -> int:
     for name in ("split", "prompt_feature", "max_examples"):
         if flags.one(name) is not None and not task:
             raise UserError(f"--{name} applies to --task only; with --input every line is decoded.")
-    chunk_size = _int_flag(flags, "chunk_size", 64)
-    batch_size = _int_flag(flags, "batch_size", chunk_size)
+    chunk_size = flags.positive_int("chunk_size", 64)
+    batch_size = flags.positive_int("batch_size", chunk_size)
     strict = _bool_flag(flags, "strict")
 
     from llmos_jax.inference import batch_inference
@@ -134,11 +121,7 @@ def run_infer(flags: ParsedFlags) -> int:
     from llmos_jax.evaluation.objective_predictors import feature_lengths
     from llmos_jax.inference.model_loading import decode_config_from_gin, load_for_inference
 
-    bindings, sources = [], []
-    for given in flags.values:
-        if given.flag.name == "gin.":
-            bindings.append(f"{given.key} = {given.value}")
-            sources.append(given.spelled)
+    bindings, sources = flags.gin_bindings()
     split = (flags.one("split") or "validation") if task else None
     loaded = load_for_inference(gin_files, bindings, checkpoint=checkpoint, task_name=task,
                                 split=split, search_paths=flags.all("gin_search_path"),
@@ -151,7 +134,7 @@ def run_infer(flags: ParsedFlags) -> int:
             feature=flags.one("prompt_feature"),
             sequence_length=feature_lengths(loaded.settings["sequence_length"],
                                             loaded.first_task),
-            max_examples=_int_flag(flags, "max_examples", None))
+            max_examples=flags.positive_int("max_examples", None))
     add_eos = loaded.encoder_decoder and vocabularies.inputs_add_eos
     eos = vocabularies.inputs.eos_id
 
@@ -170,7 +153,7 @@ def run_infer(flags: ParsedFlags) -> int:
         source, decode, output, encode=encode, base_seed=config.seed, chunk_size=chunk_size,
         manifest=manifest, process_index=jax.process_index(),
         process_count=jax.process_count(), barrier=_barrier(jax.process_count()),
-        stop_after_chunks=_int_flag(flags, "stop_after_chunks", None))
+        stop_after_chunks=flags.positive_int("stop_after_chunks", None))
     malformed = [r.extra.get("line") for r in source.malformed]
     if malformed:
         shown = ", ".join(str(line) for line in malformed[:20]) + (

@@ -80,6 +80,31 @@ class ParsedFlags:
         values = self.all(name)
         return values[-1] if values else None
 
+    def gin_bindings(self) -> tuple[list[str], list[str]]:
+        """`--gin.NAME=VALUE` and `--gin_bindings` as gin lines, with how each was spelled."""
+        bindings, sources = [], []
+        for given in self.values:
+            if given.flag.name == "gin.":
+                bindings.append(f"{given.key} = {given.value}")
+                sources.append(given.spelled)
+            elif given.flag.name == "gin_bindings":
+                bindings.append(given.value)
+                sources.append(f"--gin_bindings={given.value!r}")
+        return bindings, sources
+
+    def positive_int(self, name: str, default: int | None) -> int | None:
+        """The last `--name` as a positive integer, or `default` when absent."""
+        value = self.one(name)
+        if value is None:
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise UserError(f"--{name}={value!r} is not an integer.") from None
+        if number <= 0:
+            raise UserError(f"--{name}={number} must be positive.")
+        return number
+
 
 @dataclasses.dataclass(frozen=True)
 class Command:
@@ -249,14 +274,9 @@ def _run_train(
             "llmos train needs --model_dir, the folder for checkpoints and metrics, "
             f"e.g. {_TRAIN_EXAMPLE}"
         )
-    bindings, sources = [f"MODEL_DIR = {model_dir!r}"], ["--model_dir"]
-    for given in flags.values:
-        if given.flag.name == "gin.":
-            bindings.append(f"{given.key} = {given.value}")
-            sources.append(given.spelled)
-        elif given.flag.name == "gin_bindings":
-            bindings.append(given.value)
-            sources.append(f"--gin_bindings={given.value!r}")
+    flag_bindings, flag_sources = flags.gin_bindings()
+    bindings = [f"MODEL_DIR = {model_dir!r}", *flag_bindings]
+    sources = ["--model_dir", *flag_sources]
     gin_config = _import_gin_config()
     if configurable_modules is None:
         configurable_modules = gin_config.CONFIGURABLE_MODULES
