@@ -67,6 +67,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import numpy as np  # noqa: E402
 
+from llmos_jax.data.epoch_order import EpochOrder  # noqa: E402
 from llmos_jax.data.finetune_tasks import conll2003, sst2  # noqa: E402
 from llmos_jax.data.finetune_tasks.example_arrays import pad_rows  # noqa: E402
 from llmos_jax.data.wordpiece_tokenizer import minilm_model_dir, minilm_tokenizer  # noqa: E402
@@ -127,24 +128,13 @@ def learning_rate_factor(step: int, warmup_steps: int, total_steps: int) -> floa
 
 
 class RowOrder:
-    """``LMBatches``' row order: epoch ``e`` is ``default_rng([seed, e]).permutation(N)``."""
+    """``LMBatches``' and ``ExampleBatches``' row order (``llmos_jax.data.epoch_order``)."""
 
     def __init__(self, seed: int, num_rows: int):
-        self._seed, self._num_rows = seed, num_rows
-        self._permutations: dict[int, np.ndarray] = {}
+        self._order = EpochOrder(num_rows, seed)
 
     def rows(self, step: int, batch_size: int) -> np.ndarray:
-        positions = step * batch_size + np.arange(batch_size, dtype=np.int64)
-        epochs, offsets = np.divmod(positions, self._num_rows)
-        rows = np.empty(batch_size, np.int64)
-        for epoch in np.unique(epochs):
-            epoch = int(epoch)
-            if epoch not in self._permutations:  # Keep at most this and the previous epoch.
-                self._permutations = {e: p for e, p in self._permutations.items() if e >= epoch - 1}
-                self._permutations[epoch] = (np.random.default_rng([self._seed, epoch])
-                                             .permutation(self._num_rows))
-            rows[epochs == epoch] = self._permutations[epoch][offsets[epochs == epoch]]
-        return rows
+        return self._order.rows_at(step * batch_size, batch_size)
 
 
 def load_examples(task: str, eval_split: str) -> tuple[list[dict], list[dict]]:

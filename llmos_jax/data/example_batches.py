@@ -29,6 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from llmos_jax.data.epoch_order import EpochOrder
 from llmos_jax.data.materialise import keep_tensorflow_off_accelerators
 from llmos_jax.data.registry import get_provider
 from llmos_jax.data.truncation import FeatureTruncation, TruncationReport
@@ -37,32 +38,6 @@ from llmos_jax.errors import UserError
 _BATCH = 4096  # Examples per tf.data batch while copying to numpy.
 _LENGTH_SUFFIX = "__length"
 _VOCABULARY_FEATURES = ("input_ids", "inputs", "targets")
-
-
-class EpochOrder:
-    """Row order of a split: position ``p`` -> row ``perm_{p // N}[p % N]``, perms from (seed, epoch)."""
-
-    def __init__(self, num_rows: int, seed: int):
-        self.num_rows = num_rows
-        self.seed = seed
-        self._permutations: dict[int, np.ndarray] = {}
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._permutations:
-            if len(self._permutations) >= 2:  # A batch touches at most two epochs when B <= N.
-                self._permutations.pop(min(self._permutations))
-            self._permutations[epoch] = np.random.default_rng(
-                [self.seed, epoch]).permutation(self.num_rows)
-        return self._permutations[epoch]
-
-    def rows_at(self, start: int, count: int) -> np.ndarray:
-        """Row indices of global positions ``[start, start + count)``."""
-        epochs, offsets = np.divmod(np.arange(start, start + count, dtype=np.int64), self.num_rows)
-        rows = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            in_epoch = epochs == epoch
-            rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
-        return rows
 
 
 @gin.configurable

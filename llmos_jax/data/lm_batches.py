@@ -27,12 +27,12 @@ import jax
 import numpy as np
 import seqio
 
+from llmos_jax.data.epoch_order import EpochOrder
 from llmos_jax.data.feature_converters import make_feature_converter, task_feature_lengths
 from llmos_jax.data.materialise import materialise
 from llmos_jax.data.truncation import TruncationReport
 from llmos_jax.errors import UserError
 
-_CACHED_EPOCHS = 2  # A batch touches at most two epochs when B <= N.
 
 
 @gin.configurable
@@ -152,10 +152,10 @@ class LMBatches:
                 "another split (gin: LMBatches.split / LMBatches.task_name)."
             )
         self._seed = seed
+        self._order = EpochOrder(self._num_examples, seed)
         self._global_batch_size = global_batch_size
         self._host_batch_size = global_batch_size // process_count
         self._host_offset = process_index * self._host_batch_size
-        self._permutations: dict[int, np.ndarray] = {}
         self._stream = None
         if random_windows:
             if feature_converter != "next_token":
@@ -189,24 +189,6 @@ class LMBatches:
         """Rows per step on this host: ``global_batch_size // process_count``."""
         return self._host_batch_size
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._permutations:
-            if len(self._permutations) >= _CACHED_EPOCHS:
-                self._permutations.pop(min(self._permutations))
-            rng = np.random.default_rng([self._seed, epoch])
-            self._permutations[epoch] = rng.permutation(self._num_examples)
-        return self._permutations[epoch]
-
-    def _rows_at(self, start: int, count: int) -> np.ndarray:
-        """Row indices for global positions ``[start, start + count)``."""
-        positions = np.arange(start, start + count, dtype=np.int64)
-        epochs, offsets = np.divmod(positions, self._num_examples)
-        rows = np.empty(count, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            in_epoch = epochs == epoch
-            rows[in_epoch] = self._permutation(int(epoch))[offsets[in_epoch]]
-        return rows
-
     def _take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         return {key: array[rows] for key, array in self._arrays.items()}
 
@@ -225,7 +207,7 @@ class LMBatches:
         if self._stream is not None:
             return self._random_window_rows(step, 0, self._global_batch_size)
         start = step * self._global_batch_size
-        return self._take(self._rows_at(start, self._global_batch_size))
+        return self._take(self._order.rows_at(start, self._global_batch_size))
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """This host's contiguous slice of the global batch of ``step``."""
@@ -234,7 +216,7 @@ class LMBatches:
         if self._stream is not None:
             return self._random_window_rows(step, self._host_offset, self._host_batch_size)
         start = step * self._global_batch_size + self._host_offset
-        return self._take(self._rows_at(start, self._host_batch_size))
+        return self._take(self._order.rows_at(start, self._host_batch_size))
 
     def eval_batches(self, num_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """One sequential pass in stored order, host-local, for held-out loss.
