@@ -178,22 +178,9 @@ class EncoderDecoderLM(nnx.Module):
           segment_ids: int [batch, S]; 0 marks padding (an HF attention_mask).
           dropout_key: Enables dropout.
         """
-        config, shard = self.config, self.shard
-        embed_key, layers_key, out_key = split_key(dropout_key, 3)
-        x = self.token_embed(tokens, config.compute_dtype, shard)
-        x = shard(dropout(x, config.dropout_rate, embed_key), _RESIDUAL)
-        length = tokens.shape[1]
-        positions = _positions(tokens)
-        bias = self.encoder_relative_bias(length, length)
-
-        def apply_block(block, h, key):
-            return block(h, positions=positions, segment_ids=segment_ids, config=config,
-                         shard=shard, dropout_key=key, bias=bias)
-
-        x = run_blocks(self.encoder_layers, x, apply_block, num_layers=config.num_layers,
-                       scan=config.scan_layers, remat_policy=config.remat_policy,
-                       dropout_key=layers_key)
-        return dropout(self.encoder_norm(x), config.dropout_rate, out_key)
+        return self._run_stack(tokens, self.encoder_layers, self.encoder_norm,
+                               self.encoder_relative_bias, self.config.num_layers, dropout_key,
+                               segment_ids=segment_ids)
 
     def decode(self, tokens: jax.Array, encoded: jax.Array, *,
                segment_ids: jax.Array | None = None,
@@ -208,23 +195,29 @@ class EncoderDecoderLM(nnx.Module):
           encoder_segment_ids: int [batch, S]; padded encoder tokens are not attended.
           dropout_key: Enables dropout.
         """
+        return self._run_stack(tokens, self.decoder_layers, self.decoder_norm,
+                               self.decoder_relative_bias, self.config.num_decoder_layers,
+                               dropout_key, encoded=encoded, segment_ids=segment_ids,
+                               encoder_segment_ids=encoder_segment_ids)
+
+    def _run_stack(self, tokens, layers, final_norm, relative_bias, num_layers, dropout_key,
+                   **block_inputs) -> jax.Array:
+        """Embeds `tokens`, runs one layer stack with its position bias, final norm + dropout."""
         config, shard = self.config, self.shard
         embed_key, layers_key, out_key = split_key(dropout_key, 3)
         x = self.token_embed(tokens, config.compute_dtype, shard)
         x = shard(dropout(x, config.dropout_rate, embed_key), _RESIDUAL)
         length = tokens.shape[1]
         positions = _positions(tokens)
-        bias = self.decoder_relative_bias(length, length)
+        bias = relative_bias(length, length)
 
         def apply_block(block, h, key):
-            return block(h, encoded=encoded, positions=positions, segment_ids=segment_ids,
-                         encoder_segment_ids=encoder_segment_ids, bias=bias, config=config,
-                         shard=shard, dropout_key=key)
+            return block(h, positions=positions, bias=bias, config=config, shard=shard,
+                         dropout_key=key, **block_inputs)
 
-        x = run_blocks(self.decoder_layers, x, apply_block,
-                       num_layers=config.num_decoder_layers, scan=config.scan_layers,
+        x = run_blocks(layers, x, apply_block, num_layers=num_layers, scan=config.scan_layers,
                        remat_policy=config.remat_policy, dropout_key=layers_key)
-        return dropout(self.decoder_norm(x), config.dropout_rate, out_key)
+        return dropout(final_norm(x), config.dropout_rate, out_key)
 
     def cross_keys_values(self, encoded: jax.Array
                           ) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
