@@ -13,7 +13,8 @@ Measured, as medians over `--reps` runs:
 - beam search with 4 beams at batch 1 (tokens/s of the returned best sequence).
 
 Each framework runs in its own worker process (in one process their thread
-pools spin against each other), JAX first, then PyTorch. Timings exclude a
+pools spin against each other), JAX first, then PyTorch. Both use the GPU
+when there is one (JAX's default backend; PyTorch's ``cuda``), in float32. Timings exclude a
 warm-up call per case (JAX's compilation). The ratio column is
 torch_time / jax_time: >= 1 means llmos_jax is faster.
 
@@ -79,22 +80,34 @@ def torch_runner(directory: str):
     import transformers
 
     torch.set_num_threads(os.cpu_count() or 1)
-    model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.GPT2LMHeadModel.from_pretrained(directory).eval().to(device)
 
     def run(prompts, _, kwargs):
-        ids = torch.tensor(prompts)
+        ids = torch.tensor(prompts, device=device)
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                           pad_token_id=0, eos_token_id=None, **kwargs)
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 do_sample=False, pad_token_id=0, eos_token_id=None, **kwargs)
+        out.cpu()  # Waits for the GPU, as our generate returns host results.
 
     return run
+
+
+def _device_name(framework: str) -> str:
+    if framework == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def worker(framework: str, directory: str, args) -> None:
     """Times every case in this process; prints one JSON line of medians (seconds)."""
     run = (jax_runner if framework == "jax" else torch_runner)(directory)
     rng = np.random.default_rng(0)
-    medians = {}
+    medians: dict = {"device": _device_name(framework)}
     for name, (batch, fields, kwargs, _) in cases(args.new_tokens).items():
         prompts = rng.integers(0, 50257, size=(batch, args.prompt_len)).tolist()
         run(prompts, fields, kwargs)  # compile / warm up
@@ -132,7 +145,8 @@ def main() -> None:
             output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
             medians[framework] = json.loads(output.strip().splitlines()[-1])
     print(f"\nGPT-2 small (random weights), prompt {args.prompt_len}, {args.new_tokens} new "
-          f"tokens, median of {args.reps}; load average {os.getloadavg()[0]:.1f}")
+          f"tokens, median of {args.reps}; load average {os.getloadavg()[0]:.1f}; "
+          f"devices: jax {medians['jax'].pop('device')}, torch {medians['torch'].pop('device')}")
     print(f"{'case':<22}{'llmos_jax':>14}{'torch':>14}{'ratio':>8}")
     for name, (_, _, _, tokens) in cases(args.new_tokens).items():
         jax_s, torch_s = medians["jax"][name], medians["torch"][name]

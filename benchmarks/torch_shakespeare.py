@@ -94,16 +94,16 @@ def get_lr(it: int, *, learning_rate: float, warmup_iters: int, lr_decay_iters: 
 class RandomWindows:
     """nanoGPT's get_batch: `batch_size` windows at offsets from randint(len - block_size)."""
 
-    def __init__(self, data: np.ndarray, block_size: int, batch_size: int):
+    def __init__(self, data: np.ndarray, block_size: int, batch_size: int, device: str = "cpu"):
         self.data = torch.from_numpy(data)
-        self.block_size, self.batch_size = block_size, batch_size
+        self.block_size, self.batch_size, self.device = block_size, batch_size, device
 
     def __call__(self, generator: torch.Generator | None = None):
         ix = torch.randint(len(self.data) - self.block_size, (self.batch_size,),
                            generator=generator)
         x = torch.stack([self.data[i:i + self.block_size] for i in ix])
         y = torch.stack([self.data[i + 1:i + 1 + self.block_size] for i in ix])
-        return x, y
+        return x.to(self.device), y.to(self.device)
 
 
 def loss_of(model: TorchGPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -126,21 +126,22 @@ def full_split_loss(model: TorchGPT, data: np.ndarray, block_size: int,
                     rows_per_forward: int = 256) -> float:
     """Mean next-character loss over the whole split, in consecutive windows of block_size."""
     model.eval()
+    device = next(model.parameters()).device
     starts = list(range(0, len(data) - 1, block_size))
     total, count = 0.0, 0
     full = [s for s in starts if s + block_size + 1 <= len(data)]
     tensor = torch.from_numpy(data)
     for i in range(0, len(full), rows_per_forward):
         chunk = full[i:i + rows_per_forward]
-        x = torch.stack([tensor[s:s + block_size] for s in chunk])
-        y = torch.stack([tensor[s + 1:s + 1 + block_size] for s in chunk])
+        x = torch.stack([tensor[s:s + block_size] for s in chunk]).to(device)
+        y = torch.stack([tensor[s + 1:s + 1 + block_size] for s in chunk]).to(device)
         logits = model(x)
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
                                  reduction="sum").item()
         count += y.numel()
     for s in starts[len(full):]:  # the last, shorter window
-        x = tensor[s:len(data) - 1][None]
-        y = tensor[s + 1:len(data)][None]
+        x = tensor[s:len(data) - 1][None].to(device)
+        y = tensor[s + 1:len(data)][None].to(device)
         logits = model(x)
         total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
                                  reduction="sum").item()
@@ -184,7 +185,12 @@ def main(argv=None) -> int:
                         help="independent eval_iters-batch estimates of the final val loss")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device, e.g. cuda (TF32 matmuls allowed there, as nanoGPT does)")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -193,13 +199,13 @@ def main(argv=None) -> int:
     model = TorchGPT(TorchGPTConfig(
         vocab_size=vocab_size, num_layers=args.n_layer, num_heads=args.n_head,
         embed_dim=args.n_embd, max_len=args.block_size, bias=False, gelu_approximate=args.gelu,
-        dropout=args.dropout))
+        dropout=args.dropout)).to(args.device)
     optimizer = make_adamw(model, learning_rate=args.learning_rate, b1=args.beta1,
                            b2=args.beta2, eps=1e-8, weight_decay=args.weight_decay,
                            implementation="foreach",
                            decay_embeddings=bool(args.decay_embeddings))
-    batches = {"train": RandomWindows(train_data, args.block_size, args.batch_size),
-               "val": RandomWindows(val_data, args.block_size, args.batch_size)}
+    batches = {split: RandomWindows(data, args.block_size, args.batch_size, args.device)
+               for split, data in (("train", train_data), ("val", val_data))}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocab {vocab_size}; "
           f"{model.num_params():,} parameters ({model.num_params() - model.wpe.weight.numel():,} "
           f"without positions, nanoGPT's count); seed {args.seed}", flush=True)

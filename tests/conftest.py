@@ -22,4 +22,8 @@ def repo_root() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
     """The shared data folder beside the checkout (`LLMOS_DATA_DIR` overrides)."""
-    return pathlib.Path(os.environ.get("LLMOS_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    path = pathlib.Path(os.environ.get("LLMOS_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.fail(f"the shared data folder {path} does not exist: clone the repository beside "
+                    "shared/ (so ../shared/data is found) or set LLMOS_DATA_DIR", pytrace=False)
+    return path

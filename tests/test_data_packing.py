@@ -10,7 +10,7 @@ import pytest
 import seqio
 
 from llmos_jax.data import registry
-from llmos_jax.data.feature_converters import task_feature_lengths
+from llmos_jax.data.feature_lengths import task_feature_lengths
 from llmos_jax.data.lm_batches import LMBatches
 from llmos_jax.data.records import JsonlFormat
 from llmos_jax.data.sources import FileSource, FunctionSource

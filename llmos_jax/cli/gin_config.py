@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import logging
 import inspect
+import logging
 import os
 import re
 import tokenize
@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import gin
-from gin import config_parser
-
 import llmos_jax
+from gin import config_parser
 from llmos_jax.cli.main import did_you_mean
 from llmos_jax.errors import UserError
 
@@ -33,9 +32,15 @@ from llmos_jax.errors import UserError
 CONFIGURABLE_MODULES: tuple[str, ...] = (
     "llmos_jax.data.catalog",
     "llmos_jax.data.text_tasks",
+    "llmos_jax.data.example_batches",
     "llmos_jax.training.schedules",
     "llmos_jax.training.trainer",
 )
+# Packages that only the seqio task modules need. A host without them (a GPU
+# image with no TensorFlow) still trains from split snapshots
+# (LMBatches.snapshot_dir), so modules failing on these are skipped, not fatal.
+SEQIO_PACKAGES = frozenset({"seqio", "tensorflow", "tensorflow_text"})
+_skipped_for_missing_seqio: list[str] = []
 
 _REPO_ROOT = Path(llmos_jax.__file__).resolve().parent.parent
 # Bounds the scan for "did you mean" candidates, which may start in a huge cwd.
@@ -114,8 +119,16 @@ def import_configurable_modules(modules: Sequence[str] = CONFIGURABLE_MODULES) -
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as error:
-            if (error.name or "").split(".")[0] == "llmos_jax":
+            package = (error.name or "").split(".")[0]
+            if package == "llmos_jax":
                 raise  # Our own module missing is a bug, not a user mistake.
+            if package in SEQIO_PACKAGES and module.startswith("llmos_jax.data."):
+                if module not in _skipped_for_missing_seqio:
+                    _skipped_for_missing_seqio.append(module)
+                    logging.getLogger("llmos_jax").info(
+                        "%s not imported (%s is not installed): seqio tasks are unavailable; "
+                        "train from split snapshots (LMBatches.snapshot_dir)", module, package)
+                continue
             raise UserError(
                 f"cannot import {module}: package '{error.name}' is not installed; "
                 "install the training extras with: pip install 'llmos_jax[train]'"
@@ -294,6 +307,10 @@ def _lookup_configurable(selector: str, here: str, prefix: str = "") -> Any:
         hint = did_you_mean(selector, names) or (
             " No similar name is registered; is the module defining it imported?"
         )
+        if _skipped_for_missing_seqio:
+            hint += (f" ({', '.join(_skipped_for_missing_seqio)} could not be imported because "
+                     "seqio/TensorFlow are not installed; install 'llmos_jax[data]', or train "
+                     "from split snapshots with LMBatches.snapshot_dir)")
         raise UserError(f"unknown gin configurable '{prefix}{selector}' {here}.{hint}")
     return configurable
 

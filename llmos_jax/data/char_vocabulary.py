@@ -14,40 +14,36 @@ id    meaning
 ====  =========================================================
 
 So ``vocab_size == 3 + len(characters)``: 68 for tinyshakespeare's 65
-characters. The set is saved as a small JSON file (``{"format":
+characters. The mapping itself lives in ``character_table.CharacterTable``,
+which needs neither seqio nor TensorFlow. The set is saved as a small JSON file (``{"format":
 "llmos_char_vocab", "version": 1, "characters": "..."}``) so a run can be
 reproduced without the corpus, and the checkpoint metadata records its hash.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
 
-import gin
 import numpy as np
 import seqio
 import tensorflow as tf
 
+import gin
+from llmos_jax.data.character_table import (  # noqa: F401 (re-exported constants)
+    EOS_ID,
+    NUM_SPECIAL_IDS,
+    PAD_ID,
+    UNK_ID,
+    UNK_TEXT,
+    CharacterTable,
+    characters_of,
+    check_characters,
+    parse_json,
+)
 from llmos_jax.data.records import open_bytes
 from llmos_jax.errors import UserError
-
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
-NUM_SPECIAL_IDS = 3
-UNK_TEXT = "\ufffd"
-JSON_FORMAT = "llmos_char_vocab"
-JSON_VERSION = 1
-
-
-def characters_of(texts: Iterable[str]) -> str:
-    """The distinct characters of ``texts`` in code-point order."""
-    seen: set[str] = set()
-    for text in texts:
-        seen.update(text)
-    return "".join(sorted(seen))
 
 
 @gin.configurable
@@ -68,31 +64,25 @@ class CharacterVocabulary(seqio.Vocabulary):
                 "CharacterVocabulary needs exactly one of characters, json_path or corpus_paths "
                 f"(got {sum(given)}); set one in gin (e.g. CharacterVocabulary.json_path)."
             )
-        self._characters = characters
+        if characters is not None:
+            check_characters(characters, "CharacterVocabulary.characters")
+        self._table = None if characters is None else CharacterTable(characters)
         self._json_path = None if json_path is None else pathlib.Path(json_path)
         self._corpus_paths = tuple(pathlib.Path(p) for p in corpus_paths)
         self._codepoints: np.ndarray | None = None
-        self._ids: dict[str, int] | None = None
-        if characters is not None:
-            self._check(characters, "CharacterVocabulary.characters")
         super().__init__(extra_ids=0)
 
-    @staticmethod
-    def _check(characters: str, setting: str) -> None:
-        if not characters or len(set(characters)) != len(characters):
-            raise UserError(f"{setting} must be a non-empty string of distinct characters.")
-
     @classmethod
-    def from_texts(cls, texts: Iterable[str]) -> "CharacterVocabulary":
+    def from_texts(cls, texts: Iterable[str]) -> CharacterVocabulary:
         """The vocabulary of every character in ``texts``."""
         return cls(characters_of(texts))
 
     @property
-    def characters(self) -> str:
-        """The character set, in id order (loaded on first use)."""
-        if self._characters is None:
+    def table(self) -> CharacterTable:
+        """The id mapping (loaded on first use)."""
+        if self._table is None:
             if self._json_path is not None:
-                self._characters = self._load_json(self._json_path)
+                self._table = CharacterTable(self._load_json(self._json_path))
             else:
                 texts = []
                 for path in self._corpus_paths:
@@ -100,9 +90,15 @@ class CharacterVocabulary(seqio.Vocabulary):
                         raise UserError(f"CharacterVocabulary.corpus_paths: {str(path)!r} does not "
                                         "exist; fix the path (relative ones are taken from the cwd).")
                     texts.append(open_bytes(path).decode("utf-8", errors="replace"))
-                self._characters = characters_of(texts)
-                self._check(self._characters, "CharacterVocabulary.corpus_paths (the files' text)")
-        return self._characters
+                characters = characters_of(texts)
+                check_characters(characters, "CharacterVocabulary.corpus_paths (the files' text)")
+                self._table = CharacterTable(characters)
+        return self._table
+
+    @property
+    def characters(self) -> str:
+        """The character set, in id order."""
+        return self.table.characters
 
     @staticmethod
     def _load_json(path: pathlib.Path) -> str:
@@ -110,21 +106,11 @@ class CharacterVocabulary(seqio.Vocabulary):
         if not path.is_file():
             raise UserError(f"{setting}: {str(path)!r} does not exist; write one with "
                             "CharacterVocabulary.save_json or fix the path.")
-        try:
-            content = json.loads(path.read_text(encoding="utf-8"))
-            characters = content["characters"]
-            if content.get("format") != JSON_FORMAT or not isinstance(characters, str):
-                raise ValueError("not an llmos character vocabulary")
-        except (ValueError, KeyError, TypeError) as error:
-            raise UserError(f"{setting}: {str(path)!r} is not a character vocabulary file "
-                            f"({error}); regenerate it with CharacterVocabulary.save_json.") from None
-        CharacterVocabulary._check(characters, f"{setting} ({path})")
-        return characters
+        return parse_json(path.read_text(encoding="utf-8"), f"{setting}: {str(path)!r}")
 
     def to_json(self) -> str:
         """The canonical JSON text of this vocabulary (what :meth:`save_json` writes)."""
-        return json.dumps({"format": JSON_FORMAT, "version": JSON_VERSION,
-                           "characters": self.characters}, ensure_ascii=False, sort_keys=True)
+        return self.table.to_json()
 
     def save_json(self, path: str | os.PathLike) -> pathlib.Path:
         """Writes the character set as UTF-8 JSON and returns the path."""
@@ -135,7 +121,11 @@ class CharacterVocabulary(seqio.Vocabulary):
 
     def fingerprint(self) -> str:
         """SHA-256 of :meth:`to_json`: equal exactly when the id mapping is equal."""
-        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+        return self.table.fingerprint()
+
+    def describe(self) -> dict:
+        """The checkpoint-metadata record, the same as the bare table's."""
+        return self.table.describe()
 
     # seqio.Vocabulary interface.
 
@@ -149,12 +139,7 @@ class CharacterVocabulary(seqio.Vocabulary):
 
     @property
     def _base_vocab_size(self) -> int:
-        return NUM_SPECIAL_IDS + len(self.characters)
-
-    def _id_of(self) -> dict[str, int]:
-        if self._ids is None:
-            self._ids = {c: i + NUM_SPECIAL_IDS for i, c in enumerate(self.characters)}
-        return self._ids
+        return self.table.vocab_size
 
     def _sorted_codepoints(self) -> np.ndarray:
         if self._codepoints is None:
@@ -162,19 +147,10 @@ class CharacterVocabulary(seqio.Vocabulary):
         return self._codepoints
 
     def _encode(self, s: str) -> list[int]:
-        ids = self._id_of()
-        return [ids.get(c, UNK_ID) for c in s]
+        return self.table.encode(s)
 
     def _decode(self, ids: Iterable[int]) -> str:
-        characters = self.characters
-        pieces = []
-        for i in ids:
-            i = int(i)
-            if i >= NUM_SPECIAL_IDS:
-                pieces.append(characters[i - NUM_SPECIAL_IDS])
-            elif i == UNK_ID:
-                pieces.append(UNK_TEXT)
-        return "".join(pieces)
+        return self.table.decode(ids)
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
         codepoints = tf.strings.unicode_decode(s, "UTF-8", errors="replace")
@@ -203,7 +179,7 @@ class CharacterVocabulary(seqio.Vocabulary):
         return hash(self.characters)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_ids": None, "_codepoints": None}
+        return {**self.__dict__, "_codepoints": None}
 
     def __str__(self) -> str:
         return f"CharacterVocabulary(vocab_size={self.vocab_size})"

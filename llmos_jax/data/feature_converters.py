@@ -25,13 +25,12 @@ feature lengths exactly instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import seqio
 import tensorflow as tf
 
-from llmos_jax.cli.main import did_you_mean
+from llmos_jax.data.feature_lengths import CONVERTER_NAMES, check_converter_name
 from llmos_jax.errors import UserError
+
 
 class NextTokenFeatureConverter(seqio.FeatureConverter):
     """Causal LM rows where every target has real context, as in nanoGPT.
@@ -80,12 +79,7 @@ FEATURE_CONVERTERS: dict[str, type[seqio.FeatureConverter]] = {
     "enc_dec": seqio.EncDecFeatureConverter,
     "next_token": NextTokenFeatureConverter,
 }
-
-
-def _check_name(name: str, setting: str) -> None:
-    if name not in FEATURE_CONVERTERS:
-        raise UserError(f"{setting}={name!r} is not a feature converter; use one of "
-                        f"{list(FEATURE_CONVERTERS)}.{did_you_mean(name, FEATURE_CONVERTERS)}")
+assert tuple(FEATURE_CONVERTERS) == CONVERTER_NAMES
 
 
 def make_feature_converter(name: str, pack: bool, *,
@@ -95,32 +89,5 @@ def make_feature_converter(name: str, pack: bool, *,
     Raises:
       UserError: an unknown name, with the closest match.
     """
-    _check_name(name, setting)
+    check_converter_name(name, setting)
     return FEATURE_CONVERTERS[name](pack=pack)
-
-
-def task_feature_lengths(name: str, sequence_length: int | Mapping[str, int], *,
-                         setting: str = "LMBatches.sequence_length") -> dict[str, int]:
-    """Task feature lengths for converter ``name`` from one row length or an explicit mapping.
-
-    Raises:
-      UserError: a non-positive length, or a mapping missing a needed feature.
-    """
-    _check_name(name, "LMBatches.feature_converter")
-    needed = ("targets",) if name in ("lm", "next_token") else ("inputs", "targets")
-    if isinstance(sequence_length, Mapping):
-        lengths = {key: int(value) for key, value in sequence_length.items()}
-        missing = [key for key in needed if key not in lengths]
-        if missing:
-            raise UserError(f"{setting}={dict(sequence_length)} lacks {missing}, needed by the "
-                            f"{name!r} feature converter; give a length for each of {list(needed)}.")
-    elif name == "next_token":
-        lengths = {"targets": int(sequence_length) + 1}
-    elif name == "prefix_lm":
-        lengths = {"inputs": sequence_length // 2, "targets": sequence_length - sequence_length // 2}
-    else:
-        lengths = {key: int(sequence_length) for key in needed}
-    if any(value <= 0 for value in lengths.values()):
-        raise UserError(f"{setting}={sequence_length} gives lengths {lengths}; every length "
-                        "must be positive.")
-    return lengths

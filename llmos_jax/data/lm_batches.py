@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
-import gin
 import jax
 import numpy as np
-import seqio
 
+import gin
+from llmos_jax.data import split_snapshot
 from llmos_jax.data.epoch_order import EpochOrder
-from llmos_jax.data.feature_converters import make_feature_converter, task_feature_lengths
-from llmos_jax.data.materialise import materialise
+from llmos_jax.data.feature_lengths import task_feature_lengths
+from llmos_jax.data.split_snapshot import SplitArrays
 from llmos_jax.data.truncation import TruncationReport
 from llmos_jax.errors import UserError
-
 
 
 @gin.configurable
@@ -59,6 +59,10 @@ class LMBatches:
     Reading a Beam-built cache (``use_cached=True``) keeps ``batch = f(seed,
     step)`` for that cache: its example order is fixed once written, but a
     re-built cache is shuffled differently by Beam, so it counts as new data.
+
+    On a host without TensorFlow (a GPU image), ``snapshot_dir`` reads the
+    materialised split that :meth:`save_snapshot` wrote on a host with seqio
+    (``tools/snapshot_splits.py``); the batches are the same, step for step.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class LMBatches:
         use_cached: bool = False,
         cache_dirs: Sequence[str] = (),
         random_windows: bool = False,
+        snapshot_dir: str | None = None,
     ):
         """Materialises the split; all batches are then computed from memory.
 
@@ -102,10 +107,13 @@ class LMBatches:
             sampler) instead of from fixed windows. Offsets are drawn from
             ``(seed, step)``, so batches stay a pure function of the step.
             ``eval_batches`` still walks the fixed windows once.
+          snapshot_dir: read the split from this folder of snapshots (see
+            :meth:`save_snapshot`) instead of running seqio; needs neither
+            seqio nor TensorFlow.
 
         Raises:
           UserError: a bad argument, an unknown task or split, a missing cache,
-            or an empty split.
+            an empty split, or a snapshot made with other settings.
         """
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
@@ -136,12 +144,19 @@ class LMBatches:
                 f"LMBatches.process_index={process_index} is outside [0, {process_count}); "
                 "fix gin: LMBatches.process_index (or leave it unset)."
             )
-        converter = make_feature_converter(feature_converter, pack)
         lengths = task_feature_lengths(feature_converter, sequence_length)
-        split_arrays = materialise(task_name, split, lengths, converter,
-                                   max_examples=max_examples, use_cached=use_cached,
-                                   cache_dirs=cache_dirs)
-        self._provider = seqio.get_mixture_or_task(task_name)
+        self._split = split
+        # What the materialised arrays depend on; a snapshot must match it.
+        self._settings: dict[str, Any] = {
+            "task_name": task_name, "split": split, "feature_lengths": lengths,
+            "feature_converter": feature_converter, "pack": pack, "max_examples": max_examples}
+        if snapshot_dir is None:
+            split_arrays, self._vocabulary = _materialise_with_seqio(
+                task_name, split, lengths, feature_converter, pack, max_examples=max_examples,
+                use_cached=use_cached, cache_dirs=cache_dirs)
+        else:
+            split_arrays, self._vocabulary = split_snapshot.read_split_snapshot(
+                snapshot_dir, split, settings=self._settings)
         self._arrays = split_arrays.arrays
         self._truncation = split_arrays.truncation
         self._truncation.warn(f"split {split!r} of {task_name!r}")
@@ -170,9 +185,16 @@ class LMBatches:
                                 f"{self._window}.")
 
     @property
-    def vocabulary(self) -> seqio.Vocabulary:
-        """The vocabulary of the ``targets`` feature."""
-        return self._provider.output_features["targets"].vocabulary
+    def vocabulary(self) -> Any:
+        """The vocabulary of the ``targets`` feature (a ``CharacterTable`` from a snapshot)."""
+        return self._vocabulary
+
+    def save_snapshot(self, directory: str) -> str:
+        """Writes the materialised split for ``snapshot_dir`` on hosts without TensorFlow."""
+        split_snapshot.write_split_snapshot(
+            directory, self._split, SplitArrays(self._arrays, self._truncation),
+            vocabulary=self._vocabulary, settings=self._settings)
+        return directory
 
     @property
     def truncation(self) -> TruncationReport:
@@ -240,6 +262,21 @@ class LMBatches:
                     for key, array in batch.items()
                 }
             yield batch
+
+
+def _materialise_with_seqio(task_name: str, split: str, lengths: Mapping[str, int],
+                            feature_converter: str, pack: bool, **options) -> tuple[SplitArrays, Any]:
+    """The split's arrays and its targets vocabulary, through seqio and TensorFlow."""
+    # Imported here so that snapshot runs need neither package.
+    import seqio
+
+    from llmos_jax.data.feature_converters import make_feature_converter
+    from llmos_jax.data.materialise import materialise
+
+    converter = make_feature_converter(feature_converter, pack)
+    arrays = materialise(task_name, split, lengths, converter, **options)
+    vocabulary = seqio.get_mixture_or_task(task_name).output_features["targets"].vocabulary
+    return arrays, vocabulary
 
 
 def token_stream(arrays: dict[str, np.ndarray]) -> np.ndarray:

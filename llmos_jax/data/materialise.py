@@ -12,7 +12,6 @@ feature converter, so a warning says how much text the lengths drop.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
@@ -21,22 +20,11 @@ import seqio
 import tensorflow as tf
 
 from llmos_jax.data.registry import get_provider
-from llmos_jax.data.truncation import TruncationReport, count_truncation
+from llmos_jax.data.split_snapshot import SplitArrays
+from llmos_jax.data.truncation import count_truncation
 from llmos_jax.errors import UserError
 
 _MATERIALISE_BATCH = 4096  # Rows per tf.data batch while copying to numpy.
-
-
-@dataclasses.dataclass(frozen=True)
-class SplitArrays:
-    """Model features, one ``[rows, length]`` array each, and what trimming cut."""
-
-    arrays: dict[str, np.ndarray]
-    truncation: TruncationReport
-
-    @property
-    def num_rows(self) -> int:
-        return len(next(iter(self.arrays.values())))
 
 
 def keep_tensorflow_off_accelerators() -> None:

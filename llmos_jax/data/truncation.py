@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 log = logging.getLogger("llmos_jax.data")
 
@@ -57,8 +60,10 @@ class TruncationReport:
                     self.truncated_examples, self.examples, what, details)
 
 
-def count_truncation(dataset: tf.data.Dataset, lengths: Mapping[str, int]) -> TruncationReport:
+def count_truncation(dataset: "tf.data.Dataset", lengths: Mapping[str, int]) -> TruncationReport:
     """Measures untrimmed examples of ``dataset`` against ``lengths`` (rank-1 features)."""
+    import tensorflow as tf  # Here, not at the top: reports load on hosts without TensorFlow.
+
     sizes = dataset.map(lambda ex: {key: tf.size(ex[key]) for key in lengths})
     totals = {key: [0, 0, 0] for key in lengths}  # truncated examples, cut tokens, all tokens.
     examples = any_cut = 0

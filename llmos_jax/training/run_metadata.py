@@ -11,9 +11,8 @@ import dataclasses
 import hashlib
 import logging
 import pathlib
-from typing import Any, Mapping
-
-import seqio
+from collections.abc import Mapping
+from typing import Any
 
 from llmos_jax.errors import UserError
 from llmos_jax.models.config import TransformerConfig
@@ -21,7 +20,7 @@ from llmos_jax.models.config import TransformerConfig
 log = logging.getLogger("llmos_jax.train")
 
 
-def describe_vocabulary(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
+def describe_vocabulary(vocabulary: Any) -> dict[str, Any]:
     """Enough to tell whether two vocabularies map ids to the same text.
 
     Content, not paths, identifies a vocabulary: a SentencePiece model by the
@@ -29,16 +28,19 @@ def describe_vocabulary(vocabulary: seqio.Vocabulary) -> dict[str, Any]:
     JSON (``fingerprint()``). A moved model file resumes fine; a retrained one
     at the same path is refused.
     """
+    if callable(getattr(vocabulary, "describe", None)):
+        return vocabulary.describe()  # Character vocabularies, with or without seqio.
     description: dict[str, Any] = {"class": type(vocabulary).__name__,
                                    "vocab_size": int(vocabulary.vocab_size)}
-    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
-        description["sha256"] = hashlib.sha256(vocabulary.sp_model).hexdigest()
+    model_bytes = getattr(vocabulary, "sp_model", None)  # seqio.SentencePieceVocabulary's.
+    if isinstance(model_bytes, bytes):
+        description["sha256"] = hashlib.sha256(model_bytes).hexdigest()
     elif callable(getattr(vocabulary, "fingerprint", None)):
         description["sha256"] = vocabulary.fingerprint()
     return description
 
 
-def describe_run(config: TransformerConfig, vocabulary: seqio.Vocabulary, *, task_name: str,
+def describe_run(config: TransformerConfig, vocabulary: Any, *, task_name: str,
                  seed: int, global_batch_size: int, sequence_length: int,
                  pack: bool) -> dict[str, Any]:
     return {

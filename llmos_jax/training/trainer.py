@@ -28,7 +28,6 @@ import numpy as np
 import optax
 
 from llmos_jax import runtime
-from llmos_jax.data.example_batches import ExampleBatches  # noqa: F401 (gin: @ExampleBatches)
 from llmos_jax.data.lm_batches import LMBatches
 from llmos_jax.errors import UserError
 from llmos_jax.inference.decode_config import DecodeConfig
