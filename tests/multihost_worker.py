@@ -1,57 +1,75 @@
 """One process of the multi-host test (run by tests/test_multihost.py, not by pytest).
 
 Usage: multihost_worker.py PROCESS_ID NUM_PROCESSES PORT TEXT_FILE OUT_JSON
-With NUM_PROCESSES == 1 it is the single-host reference run.
+Each of the NUM_PROCESSES processes owns 4 / NUM_PROCESSES CPU devices.
+
+The test also imports `train_losses` and calls it in its own process on 4 of
+its 8 devices: the single-host reference, without paying a third start-up.
 """
 
 import json
 import os
 import sys
 
-process_id, num_processes, port, text_file, out_path = sys.argv[1:6]
-process_id, num_processes = int(process_id), int(num_processes)
-devices_per_process = 4 // num_processes
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices_per_process}"
-os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+BATCH_SIZE, SEQUENCE_LENGTH, STEPS = 8, 16, 3
 
-import jax  # noqa: E402
 
-if num_processes > 1:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
-                               num_processes=num_processes, process_id=process_id)
+def train_losses(text_file: str, devices=None) -> list[float]:
+    """The losses of STEPS AdamW steps on a data=2 x fsdp mesh over `devices` (default: all)."""
+    import jax
 
-from llmos_jax.data.lm_batches import LMBatches  # noqa: E402
-from llmos_jax.data.text_tasks import register_text_file_task  # noqa: E402
-from llmos_jax.models import DecoderLM, TransformerConfig  # noqa: E402
-from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig,  # noqa: E402
-                                    build_mesh, host_local_to_global)
-from llmos_jax.training.optimizers import current_learning_rate, make_optimizer  # noqa: E402
-from llmos_jax.training.train_state import (init_train_state, model_spec,  # noqa: E402
-                                            state_shardings)
-from llmos_jax.training.train_step import (StepConfig, jit_train_step,  # noqa: E402
-                                           make_train_step)
+    from llmos_jax.data.lm_batches import LMBatches
+    from llmos_jax.data.text_tasks import register_text_file_task
+    from llmos_jax.models import DecoderLM, TransformerConfig
+    from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
+                                        host_local_to_global)
+    from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
+    from llmos_jax.training.train_state import init_train_state, model_spec, state_shardings
+    from llmos_jax.training.train_step import StepConfig, jit_train_step, make_train_step
 
-task = register_text_file_task(name="multihost_text", path=text_file)
-data = LMBatches(task, "train", 16, 8, seed=3)
-assert data.host_batch_size == 8 // num_processes
-config = TransformerConfig(vocab_size=259, num_layers=2, embed_dim=32, num_heads=4, max_len=16)
-mesh = build_mesh(MeshConfig(data=2, fsdp=-1, tensor=1))
-rules = DEFAULT_RULES
-spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=LogicalSharder(mesh, rules)), 0)
-tx = make_optimizer(name="adamw", learning_rate=1e-2)
-shardings = state_shardings(spec, tx, mesh, rules)
-state = init_train_state(spec, tx, shardings)
-keys = list(data.batch_at(0))
-step = jit_train_step(make_train_step(spec, tx, current_learning_rate, StepConfig(), mesh, rules),
-                      shardings, keys, mesh, rules)
-losses = []
-for i in range(3):
-    state, metrics = step(state, host_local_to_global(data.batch_at(i), mesh, rules))
-    losses.append(float(metrics["loss"]))
-with open(out_path, "w") as f:
-    json.dump({"losses": losses, "process_count": jax.process_count(),
-               "devices": jax.device_count(), "local_devices": jax.local_device_count()}, f)
-if num_processes > 1:
-    jax.distributed.shutdown()
+    task = register_text_file_task(name="multihost_text", path=text_file)
+    data = LMBatches(task, "train", SEQUENCE_LENGTH, BATCH_SIZE, seed=3)
+    assert data.host_batch_size == BATCH_SIZE // jax.process_count()
+    config = TransformerConfig(vocab_size=259, num_layers=2, embed_dim=32, num_heads=4,
+                               max_len=SEQUENCE_LENGTH)
+    mesh = build_mesh(MeshConfig(data=2, fsdp=-1, tensor=1), devices)
+    assert mesh.size == 4, mesh
+    rules = DEFAULT_RULES
+    spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=LogicalSharder(mesh, rules)),
+                      0)
+    tx = make_optimizer(name="adamw", learning_rate=1e-2)
+    shardings = state_shardings(spec, tx, mesh, rules)
+    state = init_train_state(spec, tx, shardings)
+    keys = list(data.batch_at(0))
+    step = jit_train_step(make_train_step(spec, tx, current_learning_rate, StepConfig(), mesh,
+                                          rules), shardings, keys, mesh, rules)
+    losses = []
+    for i in range(STEPS):
+        state, metrics = step(state, host_local_to_global(data.batch_at(i), mesh, rules))
+        losses.append(float(metrics["loss"]))
+    return losses
+
+
+def main() -> None:
+    process_id, num_processes, port, text_file, out_path = sys.argv[1:6]
+    process_id, num_processes = int(process_id), int(num_processes)
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // num_processes}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+    import jax
+
+    if num_processes > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}",
+                                   num_processes=num_processes, process_id=process_id)
+    losses = train_losses(text_file)
+    with open(out_path, "w") as f:
+        json.dump({"losses": losses, "process_count": jax.process_count(),
+                   "devices": jax.device_count(), "local_devices": jax.local_device_count()}, f)
+    if num_processes > 1:
+        jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -197,3 +197,10 @@ def test_missing_third_party_package_gets_install_hint():
     with pytest.raises(UserError, match=r"pip install 'llmos_jax\[train\]'") as caught:
         gin_config.import_configurable_modules(["llmos_cli_test_absent_package"])
     assert "'llmos_cli_test_absent_package' is not installed" in str(caught.value)
+
+
+def test_tool_gin_overrides_become_gin_lines_and_strays_are_named():
+    assert gin_config.gin_overrides(["--gin.train.num_steps=20", "--gin.F.x='a=b'"]) == [
+        "train.num_steps = 20", "F.x = 'a=b'"]
+    with pytest.raises(UserError, match=r"unrecognised argument '--steps=3'; overrides look like"):
+        gin_config.gin_overrides(["--gin.train.seed=1", "--steps=3"])

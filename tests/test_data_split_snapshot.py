@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from llmos_jax.data.char_vocabulary import CharacterVocabulary
-from llmos_jax.data.character_table import CharacterTable
+from llmos_jax.data.vocabulary_tables import CharacterTable, SentencePieceTable
 from llmos_jax.data.lm_batches import LMBatches
 from llmos_jax.data.registry import register_lm_task
 from llmos_jax.data.sources import FunctionSource
@@ -87,8 +87,10 @@ def test_snapshot_vocabulary_maps_and_describes_like_the_seqio_one(task_name, sn
     assert isinstance(table, CharacterTable)
     text = "to be, or? zq"
     assert table.encode(text) == seqio_vocabulary.encode(text)
-    ids = table.encode(text) + [table.vocab_size + 2]  # A padded model vocabulary's id.
-    assert table.decode(ids) == seqio_vocabulary.decode(ids)
+    # A padded model vocabulary's id, then EOS: seqio decodes the first as UNK and stops at EOS.
+    ids = table.encode(text) + [table.vocab_size + 2, table.eos_id] + table.encode("be")
+    expected = "".join(c if c in table.characters else "\ufffd" for c in text) + "\ufffd"
+    assert table.decode(ids) == seqio_vocabulary.decode(ids) == expected
     assert table.eos_id == seqio_vocabulary.eos_id and table.vocab_size == seqio_vocabulary.vocab_size
     # Checkpoint metadata must match, or a snapshot-trained run would not resume on seqio.
     assert describe_vocabulary(table) == describe_vocabulary(seqio_vocabulary)
@@ -111,7 +113,35 @@ def test_corrupt_snapshot_record_is_a_user_error(task_name, snapshot_dir, tmp_pa
         _batches(task_name, "train", snapshot_dir=str(tmp_path))
 
 
-def test_only_character_vocabularies_can_be_snapshotted(tmp_path):
+def test_sentencepiece_snapshot_batches_and_vocabulary_equal_seqio(tmp_path):
+    import seqio
+
+    from llmos_jax.data.sentencepiece_vocab import train_sentencepiece
+
+    lines = [line for text in TEXT.values() for line in text.split(", ")]
+    model_path = train_sentencepiece(lines, tmp_path / "spm", 36, character_coverage=1.0,
+                                     num_threads=1)
+    vocabulary = seqio.SentencePieceVocabulary(str(model_path))
+    name = register_lm_task(f"snapshot_spm_{uuid.uuid4().hex[:8]}",
+                            FunctionSource(lambda split: [TEXT[split]], tuple(TEXT)), vocabulary)
+    from_seqio = _batches(name, "train", random_windows=True)
+    from_seqio.save_snapshot(str(tmp_path / "snap"))
+    from_snapshot = _batches(name, "train", random_windows=True, snapshot_dir=str(tmp_path / "snap"))
+
+    for key, expected in from_seqio.batch_at(3).items():
+        np.testing.assert_array_equal(from_snapshot.batch_at(3)[key], expected)
+    table = from_snapshot.vocabulary
+    assert isinstance(table, SentencePieceTable)
+    text = "to be or not, whether"
+    assert table.encode(text) == list(vocabulary.encode(text))
+    ids = table.encode(text) + [table.vocab_size + 5, table.eos_id] + table.encode("be")
+    assert table.decode(ids) == vocabulary.decode(ids)
+    assert (table.eos_id, table.unk_id, table.vocab_size) == (
+        vocabulary.eos_id, vocabulary.unk_id, vocabulary.vocab_size)
+    assert describe_vocabulary(table) == describe_vocabulary(vocabulary)
+
+
+def test_byte_vocabularies_cannot_be_snapshotted(tmp_path):
     from llmos_jax.data import text_tasks
 
     corpus = tmp_path / "bytes.txt"
@@ -119,7 +149,8 @@ def test_only_character_vocabularies_can_be_snapshotted(tmp_path):
     byte_task = text_tasks.register_text_file_task(f"snapshot_bytes_{uuid.uuid4().hex[:8]}",
                                                    corpus, validation_fraction=0.0)
     batches = LMBatches(byte_task, "train", LENGTH, 2, process_index=0, process_count=1)
-    with pytest.raises(UserError, match="uses ByteVocabulary; split snapshots support character"):
+    with pytest.raises(UserError, match="uses ByteVocabulary; split snapshots support character "
+                                        "vocabularies and SentencePiece"):
         batches.save_snapshot(str(tmp_path / "snap"))
 
 

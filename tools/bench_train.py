@@ -33,12 +33,13 @@ def _parse_args(argv):
     parser.add_argument("--peak_size", type=int, default=None,
                         help="matmul size for the peak measurement (default 2048 on CPU, 8192 else)")
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for item in rest:
-        if not item.startswith("--gin.") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}; overrides look like --gin.NAME=VALUE")
-        key, value = item[len("--gin."):].split("=", 1)
-        bindings.append(f"{key} = {value}")
+    from llmos_jax.cli.gin_config import gin_overrides
+    from llmos_jax.errors import UserError
+
+    try:
+        bindings = gin_overrides(rest)
+    except UserError as error:
+        parser.error(str(error))
     return args, bindings
 
 

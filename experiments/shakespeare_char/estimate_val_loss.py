@@ -38,12 +38,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=12345, help="seeds the random windows")
     parser.add_argument("--json", help="also write the results to this file")
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for item in rest:
-        if not item.startswith("--gin.") or "=" not in item:
-            parser.error(f"unrecognised argument {item!r}; overrides look like --gin.NAME=VALUE")
-        key, value = item[len("--gin."):].split("=", 1)
-        bindings.append(f"{key} = {value}")
+    from llmos_jax.cli.gin_config import gin_overrides
+    from llmos_jax.errors import UserError
+
+    try:
+        bindings = gin_overrides(rest)
+    except UserError as error:
+        parser.error(str(error))
 
     import gin
     import jax

@@ -49,6 +49,21 @@ _SCAN_MAX_DIRS = 2000
 _DYNAMIC_REGISTRATION = "__gin__.dynamic_registration"
 
 
+def gin_overrides(arguments: Sequence[str]) -> list[str]:
+    """Gin lines from a tool's leftover `--gin.NAME=VALUE` arguments (T5X style).
+
+    Raises:
+      UserError: an argument that is not such an override, named.
+    """
+    bindings = []
+    for item in arguments:
+        if not item.startswith("--gin.") or "=" not in item:
+            raise UserError(f"unrecognised argument {item!r}; overrides look like --gin.NAME=VALUE")
+        key, value = item[len("--gin."):].split("=", 1)
+        bindings.append(f"{key} = {value}")
+    return bindings
+
+
 def parse_gin(
     gin_files: Sequence[str],
     bindings: Sequence[str],

@@ -14,7 +14,7 @@ id    meaning
 ====  =========================================================
 
 So ``vocab_size == 3 + len(characters)``: 68 for tinyshakespeare's 65
-characters. The mapping itself lives in ``character_table.CharacterTable``,
+characters. The mapping itself lives in ``vocabulary_tables.CharacterTable``,
 which needs neither seqio nor TensorFlow. The set is saved as a small JSON file (``{"format":
 "llmos_char_vocab", "version": 1, "characters": "..."}``) so a run can be
 reproduced without the corpus, and the checkpoint metadata records its hash.
@@ -31,7 +31,8 @@ import seqio
 import tensorflow as tf
 
 import gin
-from llmos_jax.data.character_table import (  # noqa: F401 (re-exported constants)
+from llmos_jax.data.records import open_bytes
+from llmos_jax.data.vocabulary_tables import (  # noqa: F401 (re-exported constants)
     EOS_ID,
     NUM_SPECIAL_IDS,
     PAD_ID,
@@ -42,7 +43,6 @@ from llmos_jax.data.character_table import (  # noqa: F401 (re-exported constant
     check_characters,
     parse_json,
 )
-from llmos_jax.data.records import open_bytes
 from llmos_jax.errors import UserError
 
 
@@ -150,7 +150,7 @@ class CharacterVocabulary(seqio.Vocabulary):
         return self.table.encode(s)
 
     def _decode(self, ids: Iterable[int]) -> str:
-        return self.table.decode(ids)
+        return self.table.decode_pieces(ids)
 
     def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
         codepoints = tf.strings.unicode_decode(s, "UTF-8", errors="replace")

@@ -12,8 +12,8 @@ A snapshot folder holds ``{split}.npz`` (the arrays) and ``{split}.json``
 settings, so a snapshot made for another task, length or converter is refused
 by name instead of silently training on the wrong rows.
 
-Only character vocabularies travel so far: their whole mapping is a short
-JSON string (``CharacterTable``).
+The vocabulary travels as a seqio-free table (``vocabulary_tables``):
+character vocabularies and SentencePiece models without extra ids.
 """
 
 from __future__ import annotations
@@ -26,8 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from llmos_jax.data.character_table import CharacterTable
 from llmos_jax.data.truncation import FeatureTruncation, TruncationReport
+from llmos_jax.data.vocabulary_tables import (
+    CharacterTable,
+    SentencePieceTable,
+    table_from_record,
+    table_of,
+    table_record,
+)
 from llmos_jax.errors import UserError
 
 FORMAT = "llmos_split_snapshot"
@@ -52,22 +58,12 @@ def _paths(directory: str | pathlib.Path, split: str) -> tuple[pathlib.Path, pat
     return directory / f"{split}.npz", directory / f"{split}.json"
 
 
-def _vocabulary_json(vocabulary: Any, task_name: str) -> str:
-    table = getattr(vocabulary, "table", vocabulary)
-    if not isinstance(table, CharacterTable):
-        raise UserError(
-            f"task {task_name!r} uses {type(vocabulary).__name__}; split snapshots support "
-            "character vocabularies (CharacterVocabulary) only, so train this task on a host "
-            "with seqio and TensorFlow installed (leave LMBatches.snapshot_dir unset).")
-    return table.to_json()
-
-
 def write_split_snapshot(directory: str | pathlib.Path, split: str, split_arrays: SplitArrays, *,
                          vocabulary: Any, settings: Mapping[str, Any]) -> pathlib.Path:
     """Saves one split; returns the folder. ``settings`` is checked again on read."""
     array_path, record_path = _paths(directory, split)
     record = {"format": FORMAT, "version": VERSION, "settings": dict(settings),
-              "vocabulary_json": _vocabulary_json(vocabulary, settings.get("task_name", "?")),
+              "vocabulary": table_record(table_of(vocabulary, settings.get("task_name", "?"))),
               "truncation": dataclasses.asdict(split_arrays.truncation),
               "arrays": {key: [list(value.shape), str(value.dtype)]
                          for key, value in split_arrays.arrays.items()}}
@@ -88,7 +84,7 @@ def _truncation_from(record: Mapping[str, Any]) -> TruncationReport:
 def read_split_snapshot(directory: str | pathlib.Path, split: str, *,
                         settings: Mapping[str, Any],
                         setting_name: str = "LMBatches.snapshot_dir"
-                        ) -> tuple[SplitArrays, CharacterTable]:
+                        ) -> tuple[SplitArrays, CharacterTable | SentencePieceTable]:
     """Loads one split written by :func:`write_split_snapshot` for the same ``settings``.
 
     Raises:
@@ -108,6 +104,7 @@ def read_split_snapshot(directory: str | pathlib.Path, split: str, *,
             raise ValueError(f"version {record.get('version')} is not {VERSION}")
         truncation = _truncation_from(record["truncation"])
         saved = record["settings"]
+        vocabulary = table_from_record(record["vocabulary"], str(record_path))
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{record_path} is not a readable split snapshot ({error}); "
                         f"{rebuild}.") from None
@@ -119,7 +116,6 @@ def read_split_snapshot(directory: str | pathlib.Path, split: str, *,
                             for key, (old, new) in sorted(differing.items()))
         raise UserError(f"the snapshot {record_path} was made with other settings ({details}); "
                         f"{rebuild}.")
-    vocabulary = CharacterTable.from_json(record["vocabulary_json"], f"{record_path} vocabulary")
     with np.load(array_path) as stored:
         arrays = {key: stored[key] for key in stored.files}
     expected = {key: (shape, dtype) for key, (shape, dtype) in record["arrays"].items()}
