@@ -69,3 +69,26 @@ def test_sharded_equals_unsharded():
     for ours, expected in zip(forward(model, tokens, segments), reference(tokens, segment_ids=segments)):
         assert float(jnp.max(jnp.abs(ours - expected))) < 1e-5
     assert len(model.encoder.token_embed.embedding.get_value().sharding.device_set) == 8
+
+
+def test_each_residual_branch_is_dropped_once(monkeypatch):
+    """BERT drops the attention output and the MLP output once each (BertSelfOutput, BertOutput)."""
+    from llmos_jax.models import attention, encoder, mlp
+    from llmos_jax.models.axes import no_sharding
+    from llmos_jax.models.dropout import dropout as real_dropout
+
+    residual_drops = []
+
+    def spy(x, rate, key):
+        if key is not None and rate > 0 and x.shape == (4, 10, 32):
+            residual_drops.append(rate)
+        return real_dropout(x, rate, key)
+
+    for module in (attention, encoder, mlp):
+        monkeypatch.setattr(module, "dropout", spy)
+    config = dataclasses.replace(CONFIG, dropout_rate=0.1)
+    block = encoder.EncoderBlock(config, post_norm=True, rngs=nnx.Rngs(0))
+    x = jnp.ones((4, 10, 32))
+    block(x, positions=jnp.arange(10)[None].repeat(4, 0), segment_ids=None, config=config,
+          shard=no_sharding, dropout_key=jax.random.key(0))
+    assert residual_drops == [0.1, 0.1]

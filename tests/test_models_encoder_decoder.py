@@ -68,3 +68,31 @@ def test_sharded_equals_unsharded():
     ours = forward(model, encoder_tokens, decoder_tokens, mask)
     expected = reference(encoder_tokens, decoder_tokens, encoder_segment_ids=mask)
     assert float(jnp.max(jnp.abs(ours - expected))) < 1e-5
+
+
+def test_each_decoder_residual_branch_is_dropped_once(monkeypatch):
+    """Self-attention, cross-attention and MLP outputs are each dropped once, not twice."""
+    import jax
+
+    from llmos_jax.models import attention, encoder_decoder, mlp
+    from llmos_jax.models.axes import no_sharding
+    from llmos_jax.models.dropout import dropout as real_dropout
+
+    residual_drops = []
+
+    def spy(x, rate, key):
+        if key is not None and rate > 0 and x.shape == (2, 5, CONFIG.embed_dim):
+            residual_drops.append(rate)
+        return real_dropout(x, rate, key)
+
+    for module in (attention, encoder_decoder, mlp):
+        monkeypatch.setattr(module, "dropout", spy)
+    config = dataclasses.replace(CONFIG, dropout_rate=0.1)
+    block = encoder_decoder.CrossAttentionDecoderBlock(config, rngs=nnx.Rngs(0))
+    x = jnp.ones((2, 5, config.embed_dim))
+    encoded = jnp.ones((2, 7, config.embed_dim))
+    bias = jnp.zeros((1, config.num_heads, 5, 5))
+    block(x, encoded=encoded, positions=jnp.arange(5)[None].repeat(2, 0), segment_ids=None,
+          encoder_segment_ids=None, bias=bias, config=config, shard=no_sharding,
+          dropout_key=jax.random.key(0))
+    assert residual_drops == [0.1, 0.1, 0.1]

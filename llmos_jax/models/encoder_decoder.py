@@ -105,7 +105,7 @@ class CrossAttentionDecoderBlock(nnx.Module):
                  segment_ids: jax.Array | None, encoder_segment_ids: jax.Array | None,
                  bias: jax.Array, config: EncoderDecoderConfig, shard: axes.ActivationSharder,
                  dropout_key: jax.Array | None) -> jax.Array:
-        self_key, cross_key, mlp_key, out_key = split_key(dropout_key, 4)
+        self_key, cross_key, mlp_key = split_key(dropout_key, 3)
         common = dict(positions=positions, rope_theta=None, shard=shard,
                       dropout_rate=config.dropout_rate)
         x = x + self.self_attn(self.self_attn_norm(x), segment_ids=segment_ids, causal=True,
@@ -115,9 +115,10 @@ class CrossAttentionDecoderBlock(nnx.Module):
                                 context=encoded, context_segment_ids=encoder_segment_ids,
                                 dropout_key=cross_key, **common)
         x = shard(x, _RESIDUAL)
+        # `Mlp` drops its output once; a second dropout here would drop 19% at rate 0.1.
         h = self.mlp(self.mlp_norm(x), shard=shard, dropout_rate=config.dropout_rate,
                      dropout_key=mlp_key)
-        return shard(x + dropout(h, config.dropout_rate, out_key), _RESIDUAL)
+        return shard(x + h, _RESIDUAL)
 
     def extend(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
                cross_keys: jax.Array, cross_values: jax.Array, write_index: jax.Array,
