@@ -32,36 +32,45 @@ def _parse_args(argv):
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compile, caches)")
     parser.add_argument("--peak_size", type=int, default=None,
                         help="matmul size for the peak measurement (default 2048 on CPU, 8192 else)")
-    args, rest = parser.parse_known_args(argv)
-    from llmos_jax.cli.gin_config import gin_overrides
-    from llmos_jax.errors import UserError
+    from llmos_jax.cli.gin_config import parse_tool_args
 
-    try:
-        bindings = gin_overrides(rest)
-    except UserError as error:
-        parser.error(str(error))
+    args, bindings = parse_tool_args(parser, argv)
     return args, bindings
 
 
 def main(argv=None) -> int:
     args, bindings = _parse_args(sys.argv[1:] if argv is None else argv)
 
-    import gin
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    import gin
     from llmos_jax.cli.gin_config import parse_gin
     from llmos_jax.models.decoder import DecoderLM
     from llmos_jax.monitoring.flops import decoder_training_flops_per_token, mfu
     from llmos_jax.monitoring.peak_flops import measure_matmul_peak
-    from llmos_jax.partitioning import (LogicalSharder, build_mesh, host_local_to_global,
-                                        rules_from_mapping)
+    from llmos_jax.partitioning import (
+        LogicalSharder,
+        build_mesh,
+        host_local_to_global,
+        rules_from_mapping,
+    )
     from llmos_jax.training import trainer
     from llmos_jax.training.optimizers import current_learning_rate
-    from llmos_jax.training.train_state import init_train_state, model_spec, state_shardings
-    from llmos_jax.training.train_step import (INPUTS, TARGETS, WEIGHTS, StepConfig,
-                                               jit_train_step, make_train_step)
+    from llmos_jax.training.train_state import (
+        init_train_state,
+        model_spec,
+        state_shardings,
+    )
+    from llmos_jax.training.train_step import (
+        INPUTS,
+        TARGETS,
+        WEIGHTS,
+        StepConfig,
+        jit_train_step,
+        make_train_step,
+    )
 
     parse_gin(args.gin_file, bindings, args.gin_search_path)
     defaults = {name: p.default for name, p in inspect.signature(trainer.train).parameters.items()}

@@ -30,14 +30,9 @@ def _parse_args(argv):
     parser.add_argument("--gin_file", action="append", required=True)
     parser.add_argument("--gin_search_path", action="append", default=[])
     parser.add_argument("--output_dir", required=True, help="folder for LMBatches.snapshot_dir")
-    args, rest = parser.parse_known_args(argv)
-    from llmos_jax.cli.gin_config import gin_overrides
-    from llmos_jax.errors import UserError
+    from llmos_jax.cli.gin_config import parse_tool_args
 
-    try:
-        bindings = gin_overrides(rest)
-    except UserError as error:
-        parser.error(str(error))
+    args, bindings = parse_tool_args(parser, argv)
     return args, bindings
 
 

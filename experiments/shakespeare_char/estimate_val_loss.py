@@ -37,22 +37,17 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=12)
     parser.add_argument("--seed", type=int, default=12345, help="seeds the random windows")
     parser.add_argument("--json", help="also write the results to this file")
-    args, rest = parser.parse_known_args(argv)
-    from llmos_jax.cli.gin_config import gin_overrides
-    from llmos_jax.errors import UserError
+    from llmos_jax.cli.gin_config import parse_tool_args
 
-    try:
-        bindings = gin_overrides(rest)
-    except UserError as error:
-        parser.error(str(error))
+    args, bindings = parse_tool_args(parser, argv)
 
-    import gin
     import jax
     import jax.numpy as jnp
     import numpy as np
     import seqio
     from flax import nnx
 
+    import gin
     from llmos_jax.cli.gin_config import parse_gin
     from llmos_jax.data.catalog import BUILTIN_TASKS, SHAKESPEARE, nanogpt_char_split
     from llmos_jax.data.data_dir import resolve_data_path

@@ -64,6 +64,18 @@ def gin_overrides(arguments: Sequence[str]) -> list[str]:
     return bindings
 
 
+def parse_tool_args(parser: Any, argv: Sequence[str]) -> tuple[Any, list[str]]:
+    """A tool's argparse flags, and its `--gin.NAME=VALUE` overrides as gin lines.
+
+    Anything else left over ends the tool through `parser.error`, naming it.
+    """
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return args, gin_overrides(rest)
+    except UserError as error:
+        parser.error(str(error))
+
+
 def parse_gin(
     gin_files: Sequence[str],
     bindings: Sequence[str],
