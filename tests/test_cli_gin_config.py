@@ -106,6 +106,17 @@ def test_missing_include_names_including_and_missing_file(tmp_path):
     assert "Did you mean 'models/gpt_tiny.gin'?" in message
 
 
+def test_include_found_past_a_namespace_package_of_the_same_folder_name(tmp_path, monkeypatch):
+    """A `runs/` folder importable from sys.path (cwd under `python -m`) must not break includes."""
+    (tmp_path / "cwd" / "runs").mkdir(parents=True)
+    monkeypatch.syspath_prepend(str(tmp_path / "cwd"))
+    monkeypatch.chdir(tmp_path / "cwd")
+    write(tmp_path / "configs" / "runs" / "base.gin", "cli_gin_test_model.width = 3\n")
+    write(tmp_path / "configs" / "run.gin", "include 'runs/base.gin'\n")
+    parse([str(tmp_path / "configs" / "run.gin")], search_paths=[str(tmp_path / "configs")])
+    assert cli_gin_test_model() == (None, 3)
+
+
 def test_unknown_configurable_in_file_names_file_line_and_suggestion(tmp_path):
     write(tmp_path / "run.gin", "cli_gin_test_model.width = 2\ncli_gin_test_make_optimzer.name = 1\n")
     message = error_of(["run.gin"])
@@ -204,3 +215,14 @@ def test_tool_gin_overrides_become_gin_lines_and_strays_are_named():
         "train.num_steps = 20", "F.x = 'a=b'"]
     with pytest.raises(UserError, match=r"unrecognised argument '--steps=3'; overrides look like"):
         gin_config.gin_overrides(["--gin.train.seed=1", "--steps=3"])
+
+
+REPO = pathlib.Path(llmos_jax.__file__).resolve().parent.parent
+SHIPPED_GIN_FILES = sorted(str(path.relative_to(REPO))
+                           for folder in ("gin", "experiments") for path in (REPO / folder).rglob("*.gin"))
+
+
+@pytest.mark.parametrize("name", SHIPPED_GIN_FILES)
+def test_every_shipped_gin_file_parses(name):
+    """Experiment and model files name only existing configurables, params and includes."""
+    gin_config.parse_gin([str(REPO / name)], [], finalize=False)

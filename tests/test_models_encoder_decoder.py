@@ -96,3 +96,20 @@ def test_each_decoder_residual_branch_is_dropped_once(monkeypatch):
           encoder_segment_ids=None, bias=bias, config=config, shard=no_sharding,
           dropout_key=jax.random.key(0))
     assert residual_drops == [0.1, 0.1, 0.1]
+
+
+def test_packed_pairs_equal_each_pair_alone():
+    """Two (input, target) pairs packed in one row give each pair's own logits."""
+    model = EncoderDecoderLM(CONFIG, rngs=nnx.Rngs(0))
+    inputs = [RNG.integers(2, 40, size=5), RNG.integers(2, 40, size=3)]
+    targets = [RNG.integers(2, 40, size=4), RNG.integers(2, 40, size=3)]
+    packed_inputs = jnp.asarray(np.concatenate(inputs + [np.zeros(2, int)]))[None]
+    packed_targets = jnp.asarray(np.concatenate(targets + [np.zeros(1, int)]))[None]
+    encoder_segments = jnp.asarray([[1] * 5 + [2] * 3 + [0] * 2])
+    decoder_segments = jnp.asarray([[1] * 4 + [2] * 3 + [0]])
+    packed = model(packed_inputs, packed_targets, encoder_segment_ids=encoder_segments,
+                   decoder_segment_ids=decoder_segments)[0]
+    first = model(jnp.asarray(inputs[0])[None], jnp.asarray(targets[0])[None])[0]
+    second = model(jnp.asarray(inputs[1])[None], jnp.asarray(targets[1])[None])[0]
+    np.testing.assert_allclose(packed[:4], first, atol=1e-5)
+    np.testing.assert_allclose(packed[4:7], second, atol=1e-5)

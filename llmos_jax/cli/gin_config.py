@@ -110,7 +110,7 @@ def parse_gin(
             gin.add_config_file_search_path(str(directory))
     import_configurable_modules(configurable_modules)  # Slow (jax): after cheap checks.
     try:
-        with _quiet_include_probes():
+        with _include_probes():
             gin.parse_config_files_and_bindings(
                 [str(path) for path in files], list(bindings), finalize_config=finalize
             )
@@ -125,12 +125,29 @@ class _DropPathNotFound(logging.Filter):
         return not str(record.msg).startswith("Path not found")
 
 
-@contextlib.contextmanager
-def _quiet_include_probes():
-    """Gin logs an ERROR for every search folder an `include` is not in; hide those.
+def _false_on_error(exists: Callable[[str], bool]) -> Callable[[str], bool]:
+    def checked(path: str) -> bool:
+        try:
+            return exists(path)
+        except (TypeError, ImportError, ValueError):
+            return False
+    return checked
 
-    A genuinely missing include still fails, and is reported by our own message.
+
+@contextlib.contextmanager
+def _include_probes():
+    """Makes gin's probing of search folders for an `include` quiet and safe.
+
+    Gin logs an ERROR for every search folder an include is not in; those are
+    hidden. Its package-resource reader also raises TypeError when the
+    include's folder names a namespace package on `sys.path` (e.g. a `runs/`
+    folder in the cwd under `python -m`), instead of moving on to the next
+    search folder; such probes count as "not here". A genuinely missing
+    include still fails, and is reported by our own message.
     """
+    readers = gin.config._FILE_READERS  # noqa: SLF001 (gin offers no public hook)
+    original = list(readers)
+    readers[:] = [(reader, _false_on_error(exists)) for reader, exists in original]
     root = logging.getLogger()
     drop = _DropPathNotFound()
     root.addFilter(drop)
@@ -138,6 +155,7 @@ def _quiet_include_probes():
         yield
     finally:
         root.removeFilter(drop)
+        readers[:] = original
 
 
 def import_configurable_modules(modules: Sequence[str] = CONFIGURABLE_MODULES) -> None:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llmos_jax.errors import UserError
 from llmos_jax.models import axes
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.decoder import DecoderLM
@@ -34,7 +35,23 @@ ENCODER_SEGMENTS = "encoder_segment_ids"
 
 
 class _TokenLoss:
-    """Shared by both: one cross-entropy term weighted by `decoder_loss_weights`."""
+    """Shared by both: one cross-entropy term weighted by `decoder_loss_weights`.
+
+    Subclasses carry a `label_smoothing` field; the reported `loss` (and the
+    evaluation's perplexity) is always the plain NLL, the trained loss the
+    smoothed one.
+    """
+
+    label_smoothing: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"{type(self).__name__}.label_smoothing={self.label_smoothing!r} "
+                            "must be in [0, 1); 0.1 is the usual value, 0 turns it off.")
+
+    def _sums(self, logits: jax.Array, batch: Batch, z_loss: float) -> Sums:
+        return cross_entropy_sums(logits, batch[TARGETS], batch[WEIGHTS], z_loss,
+                                  self.label_smoothing)
 
     def denominators(self, batch: Batch) -> Sums:
         return {"weight": jnp.sum(batch[WEIGHTS].astype(jnp.float32))}
@@ -52,7 +69,7 @@ class _TokenLoss:
                 "accuracy": accuracy, "tokens": sums["weight"]}
 
     def describe(self) -> dict[str, Any]:
-        return {"name": type(self).__name__}
+        return {"name": type(self).__name__, "label_smoothing": self.label_smoothing}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +78,7 @@ class CausalLm(_TokenLoss):
 
     features: tuple[str, ...] = (INPUTS, TARGETS, WEIGHTS)
     generates_text: bool = True
+    label_smoothing: float = 0.0
 
     def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
                     shard: axes.ActivationSharder) -> DecoderLM:
@@ -69,7 +87,7 @@ class CausalLm(_TokenLoss):
     def sums(self, model: DecoderLM, batch: Batch, *, dropout_key, z_loss: float) -> Sums:
         logits = model(batch[INPUTS], positions=batch.get(POSITIONS),
                        segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
-        return cross_entropy_sums(logits, batch[TARGETS], batch[WEIGHTS], z_loss)
+        return self._sums(logits, batch, z_loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +101,7 @@ class Seq2Seq(_TokenLoss):
 
     features: tuple[str, ...] = (ENCODER_INPUTS, INPUTS, TARGETS, WEIGHTS)
     generates_text: bool = False
+    label_smoothing: float = 0.0
 
     def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
                     shard: axes.ActivationSharder) -> EncoderDecoderLM:
@@ -97,4 +116,4 @@ class Seq2Seq(_TokenLoss):
             encoder_segments = padding_segments(encoder_tokens)
         logits = model(encoder_tokens, batch[INPUTS], encoder_segment_ids=encoder_segments,
                        decoder_segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
-        return cross_entropy_sums(logits, batch[TARGETS], batch[WEIGHTS], z_loss)
+        return self._sums(logits, batch, z_loss)
