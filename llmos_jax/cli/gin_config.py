@@ -145,7 +145,7 @@ def _include_probes():
     search folder; such probes count as "not here". A genuinely missing
     include still fails, and is reported by our own message.
     """
-    readers = gin.config._FILE_READERS  # noqa: SLF001 (gin offers no public hook)
+    readers = gin.config._FILE_READERS  # Private: gin offers no public hook.
     original = list(readers)
     readers[:] = [(reader, _false_on_error(exists)) for reader, exists in original]
     root = logging.getLogger()

@@ -22,8 +22,13 @@ from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.decoder import DecoderLM
 from llmos_jax.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderLM
 from llmos_jax.training.loss import cross_entropy_sums
-from llmos_jax.training.objectives.base import (Batch, Sums, mean, padding_segments,
-                                                require_config)
+from llmos_jax.training.objectives.base import (
+    Batch,
+    Sums,
+    mean,
+    padding_segments,
+    require_config,
+)
 
 INPUTS = "decoder_input_tokens"
 TARGETS = "decoder_target_tokens"
