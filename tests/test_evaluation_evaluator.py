@@ -28,11 +28,12 @@ def _lowercase(text, example=None, is_target=False):
     return text.strip().lower()
 
 
-def _register(name, *, keep_text=True, metric_fns=(metrics.accuracy, metrics.perplexity)):
+def _register(name, *, keep_text=True, metric_fns=(metrics.accuracy, metrics.perplexity),
+              splits=("validation",)):
     seqio.TaskRegistry.remove(name)
     seqio.TaskRegistry.add(
         name,
-        source=FunctionSource(lambda split: RECORDS, ["validation"], features=("inputs", "targets")),
+        source=FunctionSource(lambda split: RECORDS, list(splits), features=("inputs", "targets")),
         preprocessors=[functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=keep_text)],
         output_features={k: seqio.Feature(VOCABULARY, add_eos=False) for k in ("inputs", "targets")},
         postprocess_fn=_lowercase,
@@ -85,6 +86,16 @@ def test_writes_json_predictions_and_tensorboard(tmp_path):
     assert record["split"] == "eval" and record["step"] == 7
     assert record[f"{name}/accuracy"] == pytest.approx(80.0)
     assert list((tmp_path / TENSORBOARD_DIRNAME / "eval").glob("events*"))
+
+
+def test_other_splits_are_recorded_under_their_own_name(tmp_path):
+    name = _register("eval_arith_test_split", splits=("validation", "test"))
+    evaluate(name, "test", predict_fn=_predict, score_fn=_score, output_dir=tmp_path, step=3)
+    assert (tmp_path / "eval_results" / "test_step3.json").exists()
+    record = json.loads((tmp_path / METRICS_FILENAME).read_text().splitlines()[-1])
+    assert record["split"] == "eval_test" and record["step"] == 3
+    assert list((tmp_path / TENSORBOARD_DIRNAME / "eval_test").glob("events*"))
+    assert not (tmp_path / TENSORBOARD_DIRNAME / "eval").exists()
 
 
 def test_mixture_evaluates_each_task():

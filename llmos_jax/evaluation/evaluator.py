@@ -41,7 +41,16 @@ Example = Mapping[str, Any]
 PredictFn = Callable[[list[Example]], Sequence[Any]]
 ScoreFn = Callable[[list[Example]], Sequence[Sequence[float]]]
 RESULTS_DIRNAME = "eval_results"
-TENSORBOARD_SPLIT = "eval"
+TENSORBOARD_SPLIT = "eval"  # The validation split's run, shared with in-training evaluation.
+
+
+def metrics_split_name(split: str) -> str:
+    """The metrics.jsonl `split` and TensorBoard run of `split`'s results.
+
+    Validation results join the training run's "eval" curve; any other split
+    gets its own ("eval_test"), so test scores never plot as validation ones.
+    """
+    return TENSORBOARD_SPLIT if split == "validation" else f"{TENSORBOARD_SPLIT}_{split}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +243,7 @@ def write_results(
                 lines.write(json.dumps(record, default=str) + "\n")
     with MetricsWriter(output_dir) as writer:
         scalars = {f"{task}/{name}": value for task, m in results.items() for name, value in m.items()}
-        writer.write_scalars(step, scalars, split=TENSORBOARD_SPLIT)
+        writer.write_scalars(step, scalars, split=metrics_split_name(split))
     return summary_path
 
 
