@@ -113,3 +113,29 @@ def test_packed_pairs_equal_each_pair_alone():
     second = model(jnp.asarray(inputs[1])[None], jnp.asarray(targets[1])[None])[0]
     np.testing.assert_allclose(packed[:4], first, atol=1e-5)
     np.testing.assert_allclose(packed[4:7], second, atol=1e-5)
+
+
+@pytest.mark.parametrize("hidden_dropout", [True, False])
+def test_t5_drops_mlp_hidden_activations_when_configured(monkeypatch, hidden_dropout):
+    """T5's DenseReluDense drops its hidden activations; BERT/GPT-2 (the default) do not."""
+    import jax
+
+    from llmos_jax.models import mlp
+    from llmos_jax.models.axes import no_sharding
+    from llmos_jax.models.dropout import dropout as real_dropout
+
+    hidden_drops = []
+
+    def spy(x, rate, key):
+        if key is not None and rate > 0 and x.shape[-1] == CONFIG.mlp_dim:
+            hidden_drops.append(rate)
+        return real_dropout(x, rate, key)
+
+    monkeypatch.setattr(mlp, "dropout", spy)
+    assert t5_config("1.0").mlp_hidden_dropout and t5_config("1.1").mlp_hidden_dropout
+    config = dataclasses.replace(CONFIG, dropout_rate=0.1, mlp_hidden_dropout=hidden_dropout,
+                                 scan_layers=False)  # One traced call per layer.
+    model = EncoderDecoderLM(config, rngs=nnx.Rngs(0))
+    model(ENCODER_TOKENS, DECODER_TOKENS, dropout_key=jax.random.key(0))
+    assert hidden_drops == ([0.1] * (config.num_layers + config.num_decoder_layers)
+                            if hidden_dropout else [])

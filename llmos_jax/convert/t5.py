@@ -87,6 +87,7 @@ def config_from_hf(hf_config: Mapping[str, Any], *, tie_embeddings: bool = True,
         mlp_dim=hf["d_ff"], position_embedding="none", norm="rmsnorm",
         norm_eps=hf["layer_norm_epsilon"], mlp_activation=ACTIVATIONS_FROM_HF[hf["feed_forward_proj"]],
         use_bias=False, tie_embeddings=tie_embeddings, dropout_rate=hf["dropout_rate"],
+        mlp_hidden_dropout=True,
         relative_buckets=hf["relative_attention_num_buckets"],
         relative_max_distance=hf["relative_attention_max_distance"],
         scale_attention=False, scale_decoder_output=scale)

@@ -326,7 +326,11 @@ def _warn_on_config_drift(meta: Mapping[str, Any], model_config) -> None:
         return
     current = json.loads(json.dumps(dataclasses.asdict(model_config), default=str))
     saved = json.loads(json.dumps(saved, default=str))
-    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    # A field added after the checkpoint was saved is no drift while it keeps its default.
+    defaults = {field.name: field.default for field in dataclasses.fields(model_config)}
+    defaults = json.loads(json.dumps(defaults, default=str))
+    changed = sorted(k for k in set(saved) | set(current)
+                     if saved.get(k, defaults.get(k)) != current.get(k))
     if changed:
         log.warning("the gin model config differs from the checkpoint's in %s; using the gin "
                     "file's values", ", ".join(changed))

@@ -57,6 +57,9 @@ class TransformerConfig:
       dropout_rate: Dropout on embeddings, attention probabilities and the
         residual branches; active only when the model is called with a
         dropout key.
+      mlp_hidden_dropout: Also drop the MLP's hidden activations (after the
+        activation, before the output projection) at `dropout_rate`, as T5's
+        `DenseReluDense` does; BERT and GPT-2 do not.
       dtype: Compute dtype of activations and matmuls.
       param_dtype: Storage dtype of parameters (keep float32 for bf16
         training).
@@ -87,6 +90,7 @@ class TransformerConfig:
     use_bias: bool = True
     tie_embeddings: bool = True
     dropout_rate: float = 0.0
+    mlp_hidden_dropout: bool = False
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_layers: bool = True
@@ -144,6 +148,11 @@ class TransformerConfig:
     @property
     def storage_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.param_dtype)
+
+    @property
+    def mlp_hidden_dropout_rate(self) -> float:
+        """The rate at which the MLP drops its hidden activations."""
+        return self.dropout_rate if self.mlp_hidden_dropout else 0.0
 
 
 def gpt2_config(size: str = "small", *, vocab_size: int = 50257, **overrides) -> TransformerConfig:

@@ -63,7 +63,8 @@ class DecoderBlock(nnx.Module):
                           dropout_key=attn_key)
         x = shard(x, residual_axes)
         x = x + self.mlp(self.mlp_norm(x), shard=shard, dropout_rate=config.dropout_rate,
-                         dropout_key=mlp_key)
+                         dropout_key=mlp_key,
+                         hidden_dropout_rate=config.mlp_hidden_dropout_rate)
         return shard(x, residual_axes)
 
     def extend(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,

@@ -102,7 +102,8 @@ class EncoderBlock(nnx.Module):
         def feed_forward(h):
             # One dropout on the MLP's output (`Mlp` applies it), as BERT's
             # BertOutput does; a second one here would drop 19% at rate 0.1.
-            return self.mlp(h, shard=shard, dropout_rate=config.dropout_rate, dropout_key=mlp_key)
+            return self.mlp(h, shard=shard, dropout_rate=config.dropout_rate, dropout_key=mlp_key,
+                            hidden_dropout_rate=config.mlp_hidden_dropout_rate)
 
         if self.post_norm:
             x = shard(self.attn_norm(x + attend(x)), _RESIDUAL)

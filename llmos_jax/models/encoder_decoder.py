@@ -84,6 +84,7 @@ def t5_config(version: Literal["1.0", "1.1"] = "1.1", *, vocab_size: int = 32128
         head_dim=head_dim, mlp_dim=mlp_dim, position_embedding="none", norm="rmsnorm",
         norm_eps=1e-6, mlp_activation="relu" if v1_0 else "geglu", use_bias=False,
         tie_embeddings=v1_0, scale_decoder_output=v1_0, dropout_rate=0.1,
+        mlp_hidden_dropout=True,
     )
     fields.update(overrides)
     return EncoderDecoderConfig(**fields)
@@ -117,7 +118,7 @@ class CrossAttentionDecoderBlock(nnx.Module):
         x = shard(x, _RESIDUAL)
         # `Mlp` drops its output once; a second dropout here would drop 19% at rate 0.1.
         h = self.mlp(self.mlp_norm(x), shard=shard, dropout_rate=config.dropout_rate,
-                     dropout_key=mlp_key)
+                     dropout_key=mlp_key, hidden_dropout_rate=config.mlp_hidden_dropout_rate)
         return shard(x + h, _RESIDUAL)
 
     def extend(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,

@@ -8,7 +8,7 @@ from flax import nnx
 
 from llmos_jax.models import axes
 from llmos_jax.models.dense import Dense
-from llmos_jax.models.dropout import dropout
+from llmos_jax.models.dropout import dropout, split_key
 
 # Name -> elementwise function; also used by the masked-LM head's transform.
 ACTIVATIONS = {
@@ -43,12 +43,19 @@ class Mlp(nnx.Module):
                         init_std=out_init_std, **common)
 
     def __call__(self, x: jax.Array, *, shard: axes.ActivationSharder,
-                 dropout_rate: float = 0.0, dropout_key: jax.Array | None = None) -> jax.Array:
+                 dropout_rate: float = 0.0, dropout_key: jax.Array | None = None,
+                 hidden_dropout_rate: float = 0.0) -> jax.Array:
+        """Dropout (with a key) hits the output at `dropout_rate`, and the hidden
+        activations too at `hidden_dropout_rate` (T5) when that is above 0."""
         act = ACTIVATIONS[self.activation]
+        hidden_key = None
+        if hidden_dropout_rate > 0.0 and dropout_key is not None:
+            hidden_key, dropout_key = split_key(dropout_key, 2)
         if self.wi is not None:
             h = act(self.wi(x))
         else:
             h = act(self.wi_gate(x)) * self.wi_up(x)
         h = shard(h, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_MLP))
+        h = dropout(h, hidden_dropout_rate, hidden_key)
         # Residual dropout on the block output, as in GPT-2/nanoGPT and Hugging Face.
         return dropout(self.wo(h), dropout_rate, dropout_key)
