@@ -52,8 +52,9 @@ def test_sharded_encoder_decoder_decoding_equals_single_device():
 
 def test_cache_layout_follows_the_rules():
     mesh = build_mesh(MeshConfig(2, 2, 2))
-    spec = logical_to_mesh_spec(CACHE_AXES, DEFAULT_RULES, mesh, (8, 32, 2, 8))
-    assert spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor")
+    # [rows, kv_heads, slots, head_dim]: rows by data parallelism, heads by tensor parallelism.
+    spec = logical_to_mesh_spec(CACHE_AXES, DEFAULT_RULES, mesh, (8, 2, 32, 8))
+    assert spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor")
     # One key/value head (multi-query): the tensor axis is dropped, the head stays whole.
-    spec = logical_to_mesh_spec(CACHE_AXES, DEFAULT_RULES, mesh, (8, 32, 1, 8))
+    spec = logical_to_mesh_spec(CACHE_AXES, DEFAULT_RULES, mesh, (8, 1, 32, 8))
     assert spec == jax.sharding.PartitionSpec(("data", "fsdp"))

@@ -1,10 +1,13 @@
 """The preallocated key/value cache that decoding reads and writes in place.
 
-One `[rows, slots, kv_heads, head_dim]` array of keys and one of values per
+One `[rows, kv_heads, slots, head_dim]` array of keys and one of values per
 layer (a tuple, not a stacked array: each layer's update is then an in-place
-`dynamic_update_slice` with no per-step slicing of a stacked buffer). The
-arrays carry logical axis names (`CACHE_AXES`), so on a training mesh the
-rows follow the batch layout and the heads follow tensor parallelism.
+`dynamic_update_slice` with no per-step slicing of a stacked buffer). Heads
+come before slots because that is the layout attention's matmuls read: with
+slots first, XLA transposed every layer's whole cache at every step (on CPU
+that made attention at batch 16 about ten times slower). The arrays carry
+logical axis names (`CACHE_AXES`), so on a training mesh the rows follow the
+batch layout and the heads follow tensor parallelism.
 Encoder-decoders add the cross-attention keys and values, computed once.
 """
 
@@ -16,9 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from llmos_jax.models import axes
+from llmos_jax.models.attention import CACHE_AXES  # [rows, kv_heads, slots, head_dim]
 
-# rows, slots, kv heads, head features: laid out like attention activations.
-CACHE_AXES: axes.LogicalAxes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
+__all__ = ["CACHE_AXES", "KVCache", "empty_cache", "repeat_rows", "select_rows"]
 
 
 @jax.tree_util.register_dataclass
@@ -27,10 +30,10 @@ class KVCache:
     """Per-layer self-attention keys and values, and which slots hold real tokens.
 
     Attributes:
-      keys, values: One [rows, slots, kv_heads, head_dim] array per layer.
+      keys, values: One [rows, kv_heads, slots, head_dim] array per layer.
       key_valid: bool [rows, slots]; False for a row's left padding.
       cross_keys, cross_values: Encoder-decoders: per decoder layer
-        [rows, encoder_len, kv_heads, head_dim]; empty tuples otherwise.
+        [rows, kv_heads, encoder_len, head_dim]; empty tuples otherwise.
       encoder_valid: Encoder-decoders: bool [rows, encoder_len]; None otherwise.
     """
 
@@ -43,7 +46,7 @@ class KVCache:
 
     @property
     def slots(self) -> int:
-        return self.keys[0].shape[1]
+        return self.keys[0].shape[2]
 
 
 def empty_cache(num_layers: int, rows: int, slots: int, kv_heads: int, head_dim: int,
@@ -52,7 +55,7 @@ def empty_cache(num_layers: int, rows: int, slots: int, kv_heads: int, head_dim:
     """Zeroed keys and values for `num_layers` layers, laid out by `shard`."""
 
     def zeros() -> jax.Array:
-        return shard(jnp.zeros((rows, slots, kv_heads, head_dim), dtype), CACHE_AXES)
+        return shard(jnp.zeros((rows, kv_heads, slots, head_dim), dtype), CACHE_AXES)
 
     return KVCache(keys=tuple(zeros() for _ in range(num_layers)),
                    values=tuple(zeros() for _ in range(num_layers)), key_valid=key_valid)

@@ -44,6 +44,11 @@ def attention_mask(query_segments: jax.Array | None, key_segments: jax.Array | N
     return mask
 
 
+# The decoding cache's layout, [batch, kv_heads, slots, head_dim]: see
+# `llmos_jax.inference.kv_cache` for why heads come before slots.
+CACHE_AXES: axes.LogicalAxes = (axes.ACT_BATCH, axes.ACT_HEADS, axes.ACT_LENGTH, axes.ACT_KV)
+
+
 def cached_attention_mask(key_valid: jax.Array, write_index: jax.Array,
                           query_len: int) -> jax.Array:
     """Boolean [batch, 1, query, slots] mask for decoding over a preallocated cache.
@@ -130,7 +135,8 @@ class SelfAttention(nnx.Module):
         """Self-attention of new tokens `x` [batch, t, embed] over a KV cache.
 
         Args:
-          keys, values: This layer's cache, [batch, slots, kv_heads, head_dim].
+          keys, values: This layer's cache, [batch, kv_heads, slots, head_dim]
+            (`llmos_jax.inference.kv_cache`: heads before slots).
           write_index: Slot of the first new token; their keys and values are
             written at `write_index ... write_index + t - 1`.
           mask: [batch, 1, t, slots] (`cached_attention_mask`).
@@ -147,28 +153,49 @@ class SelfAttention(nnx.Module):
         if rope_theta is not None:
             q = apply_rope(q, positions, rope_theta)
             k = apply_rope(k, positions, rope_theta)
-        keys = shard(jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), write_index,
-                                                         axis=1), head_axes)
-        values = shard(jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype),
-                                                           write_index, axis=1), head_axes)
-        y = self._einsum_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, 0.0,
-                                   None, bias)
+        keys = shard(jax.lax.dynamic_update_slice_in_dim(
+            keys, k.swapaxes(1, 2).astype(keys.dtype), write_index, axis=2), CACHE_AXES)
+        values = shard(jax.lax.dynamic_update_slice_in_dim(
+            values, v.swapaxes(1, 2).astype(values.dtype), write_index, axis=2), CACHE_AXES)
+        y = self._cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, bias)
         return self.out(shard(y, head_axes)), keys, values
 
     def context_keys_values(self, context: jax.Array,
                             shard: axes.ActivationSharder) -> tuple[jax.Array, jax.Array]:
-        """Cross-attention keys and values [batch, S, kv_heads, head_dim] of `context`, once."""
-        head_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
-        return shard(self.key(context), head_axes), shard(self.value(context), head_axes)
+        """Cross-attention keys and values [batch, kv_heads, S, head_dim] of `context`, once."""
+        return (shard(self.key(context).swapaxes(1, 2), CACHE_AXES),
+                shard(self.value(context).swapaxes(1, 2), CACHE_AXES))
 
     def attend_context(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
                        mask: jax.Array | None, shard: axes.ActivationSharder) -> jax.Array:
         """Cross-attention of `x` to precomputed context keys/values (`context_keys_values`)."""
         head_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, axes.ACT_KV)
         q = shard(self.query(x), head_axes)
-        y = self._einsum_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, 0.0,
-                                   None)
+        y = self._cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask)
         return self.out(shard(y, head_axes))
+
+    def _cached_attention(self, q, k, v, mask, bias=None):
+        """Attention of q [batch, t, heads, head_dim] over heads-major k, v [batch, kv_heads, S, head_dim]."""
+        batch, length, _, _ = q.shape
+        groups = self.num_heads // self.num_kv_heads
+        if self.scale_queries:
+            q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
+        if groups == 1 and bias is None:  # plain multi-head: 4-D einsums, no size-1 group axis
+            scores = jnp.einsum("bthd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
+            if mask is not None:
+                scores = jnp.where(mask, scores, _NEG_INF)
+            probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+            return jnp.einsum("bhts,bhsd->bthd", probs, v)
+        q = q.reshape(batch, length, self.num_kv_heads, groups, self.head_dim)
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+        if bias is not None:
+            scores = scores + bias.astype(jnp.float32).reshape(
+                bias.shape[0], self.num_kv_heads, groups, *bias.shape[2:])
+        if mask is not None:
+            scores = jnp.where(mask[:, :, None], scores, _NEG_INF)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        y = jnp.einsum("bkgts,bksd->btkgd", probs, v)
+        return y.reshape(batch, length, self.num_heads, self.head_dim)
 
     def _einsum_attention(self, q, k, v, mask, dropout_rate, key, bias=None):
         batch, length, _, _ = q.shape

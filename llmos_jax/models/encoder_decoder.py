@@ -256,7 +256,7 @@ class EncoderDecoderLM(nnx.Module):
         config, shard = self.config, self.shard
         x = shard(self.token_embed(tokens, config.compute_dtype, shard), _RESIDUAL)
         batch, length = tokens.shape
-        slots = keys[0].shape[1]
+        slots = keys[0].shape[2]  # [batch, kv_heads, slots, head_dim]
         positions = jnp.broadcast_to(write_index + jnp.arange(length, dtype=jnp.int32),
                                      (batch, length))
         # The bias of a (query, key) pair depends only on their distance: rows
