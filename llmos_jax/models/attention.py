@@ -187,15 +187,7 @@ class SelfAttention(nnx.Module):
             probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
             return jnp.einsum("bhts,bhsd->bthd", probs, v)
         q = q.reshape(batch, length, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
-        if bias is not None:
-            scores = scores + bias.astype(jnp.float32).reshape(
-                bias.shape[0], self.num_kv_heads, groups, *bias.shape[2:])
-        if mask is not None:
-            scores = jnp.where(mask[:, :, None], scores, _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        y = jnp.einsum("bkgts,bksd->btkgd", probs, v)
-        return y.reshape(batch, length, self.num_heads, self.head_dim)
+        return _grouped_attention(q, k, v, mask, bias, "bksd", 0.0, None)
 
     def _einsum_attention(self, q, k, v, mask, dropout_rate, key, bias=None):
         batch, length, _, _ = q.shape
@@ -210,16 +202,26 @@ class SelfAttention(nnx.Module):
                 mask = mask[:, :, None]
             y = softmax_attention(q, k, v, mask, dropout_rate if key is not None else 0.0, key)
             return y.reshape(batch, length, self.num_heads, self.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32)
-        if bias is not None:
-            scores = scores + bias.astype(jnp.float32).reshape(
-                bias.shape[0], self.num_kv_heads, groups, *bias.shape[2:])
-        if mask is not None:
-            scores = jnp.where(mask[:, :, None], scores, _NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1)
-        probs = dropout(probs, dropout_rate, key).astype(v.dtype)
-        y = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-        return y.reshape(batch, length, self.num_heads, self.head_dim)
+        return _grouped_attention(q, k, v, mask, bias, "bskd", dropout_rate, key)
+
+
+def _grouped_attention(q, k, v, mask, bias, kv_spec, dropout_rate, key):
+    """Attention of grouped queries q [batch, t, kv_heads, groups, head_dim] (already scaled).
+
+    `kv_spec` names the key/value layout: "bskd" (activations) or "bksd" (the
+    heads-major decoding cache). `bias` [batch|1, heads, t, S] is added to the
+    scores (T5); `mask` is [batch, 1, t, S]. Returns [batch, t, heads, head_dim].
+    """
+    batch, length, kv_heads, groups, head_dim = q.shape
+    scores = jnp.einsum(f"btkgd,{kv_spec}->bkgts", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32).reshape(
+            bias.shape[0], kv_heads, groups, *bias.shape[2:])
+    if mask is not None:
+        scores = jnp.where(mask[:, :, None], scores, _NEG_INF)
+    probs = dropout(jax.nn.softmax(scores, axis=-1), dropout_rate, key).astype(v.dtype)
+    y = jnp.einsum(f"bkgts,{kv_spec}->btkgd", probs, v)
+    return y.reshape(batch, length, kv_heads * groups, head_dim)
 
 
 # Attention as one differentiable op with a hand-written backward pass. Autodiff
