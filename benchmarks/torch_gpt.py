@@ -47,16 +47,31 @@ class TorchGPTConfig:
     # nanoGPT's dropout: on the embeddings, the attention probabilities and both
     # residual branches; active in train() mode only.
     dropout: float = 0.0
+    # "learned" (GPT-2's position table) or "rope": rotary embedding of queries
+    # and keys, llmos_jax's `apply_rope` pairing (feature i with i + dim/2).
+    position_embedding: str = "learned"
+    rope_theta: float = 10_000.0
 
     @property
     def hidden(self) -> int:
         return self.mlp_dim or 4 * self.embed_dim
 
 
+def rotate(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary position embedding of `x` [batch, heads, length, dim], positions 0..length-1."""
+    length, dim = x.shape[-2], x.shape[-1]
+    freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=x.device) / dim)
+    angles = torch.arange(length, dtype=torch.float32, device=x.device)[:, None] * freqs
+    sin, cos = torch.sin(angles), torch.cos(angles)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, c: TorchGPTConfig):
         super().__init__()
         self.num_heads = c.num_heads
+        self.rope_theta = c.rope_theta if c.position_embedding == "rope" else None
         self.attention = c.attention
         self.dropout = c.dropout
         self.resid_dropout = nn.Dropout(c.dropout)
@@ -75,6 +90,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(b, t, h, d // h).transpose(1, 2)
         k = k.view(b, t, h, d // h).transpose(1, 2)
         v = v.view(b, t, h, d // h).transpose(1, 2)
+        if self.rope_theta is not None:
+            q, k = rotate(q, self.rope_theta), rotate(k, self.rope_theta)
         if self.attention == "sdpa":
             y = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
@@ -114,7 +131,10 @@ class TorchGPT(nn.Module):
         super().__init__()
         self.config = c
         self.wte = nn.Embedding(c.vocab_size, c.embed_dim)
-        self.wpe = nn.Embedding(c.max_len, c.embed_dim)
+        if c.position_embedding not in ("learned", "rope"):
+            raise ValueError(f"position_embedding must be 'learned' or 'rope', got "
+                             f"{c.position_embedding!r}")
+        self.wpe = nn.Embedding(c.max_len, c.embed_dim) if c.position_embedding == "learned" else None
         self.blocks = nn.ModuleList([Block(c) for _ in range(c.num_layers)])
         self.ln_f = _layer_norm(c)
         self.embed_dropout = nn.Dropout(c.dropout)
@@ -132,8 +152,10 @@ class TorchGPT(nn.Module):
 
     def forward(self, tokens):
         t = tokens.shape[1]
-        pos = torch.arange(t, device=tokens.device)
-        x = self.embed_dropout(self.wte(tokens) + self.wpe(pos))
+        x = self.wte(tokens)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(t, device=tokens.device))
+        x = self.embed_dropout(x)
         for block in self.blocks:
             x = block(x)
         return F.linear(self.ln_f(x), self.wte.weight)  # tied LM head
@@ -150,7 +172,7 @@ def make_adamw(model: TorchGPT, *, learning_rate: float, b1: float, b2: float, e
     That is nanoGPT's `configure_optimizers` rule and llmos_jax's default mask.
     `decay_embeddings=False` also exempts the token and position tables.
     """
-    embeddings = {id(model.wte.weight), id(model.wpe.weight)}
+    embeddings = {id(model.wte.weight)} | ({id(model.wpe.weight)} if model.wpe is not None else set())
 
     def decays(p: torch.Tensor) -> bool:
         return p.dim() >= 2 and (decay_embeddings or id(p) not in embeddings)

@@ -183,6 +183,8 @@ def main(argv=None) -> int:
                         help="never-used ids below the characters (3 = llmos_jax's 68-id vocab)")
     parser.add_argument("--estimate_draws", type=int, default=100,
                         help="independent eval_iters-batch estimates of the final val loss")
+    parser.add_argument("--position_embedding", choices=["learned", "rope"], default="learned",
+                        help="nanoGPT's learned table, or rotary embedding as llmos_jax's 'rope'")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--device", default="cpu",
@@ -199,16 +201,18 @@ def main(argv=None) -> int:
     model = TorchGPT(TorchGPTConfig(
         vocab_size=vocab_size, num_layers=args.n_layer, num_heads=args.n_head,
         embed_dim=args.n_embd, max_len=args.block_size, bias=False, gelu_approximate=args.gelu,
-        dropout=args.dropout)).to(args.device)
+        dropout=args.dropout, position_embedding=args.position_embedding)).to(args.device)
     optimizer = make_adamw(model, learning_rate=args.learning_rate, b1=args.beta1,
                            b2=args.beta2, eps=1e-8, weight_decay=args.weight_decay,
                            implementation="foreach",
                            decay_embeddings=bool(args.decay_embeddings))
     batches = {split: RandomWindows(data, args.block_size, args.batch_size, args.device)
                for split, data in (("train", train_data), ("val", val_data))}
+    positions = model.wpe.weight.numel() if model.wpe is not None else 0
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; vocab {vocab_size}; "
-          f"{model.num_params():,} parameters ({model.num_params() - model.wpe.weight.numel():,} "
-          f"without positions, nanoGPT's count); seed {args.seed}", flush=True)
+          f"{model.num_params():,} parameters ({model.num_params() - positions:,} "
+          f"without positions, nanoGPT's count); {args.position_embedding} positions; "
+          f"seed {args.seed}", flush=True)
 
     history = []
     x, y = batches["train"]()

@@ -36,9 +36,8 @@ def _torch_to_jax_params(model: TorchGPT) -> dict:
     blocks = model.blocks
     q, k, v = zip(*(np.split(t(b.attn.c_attn.weight), 3, axis=0) for b in blocks))
     heads_in = lambda w: w.T.reshape(WIDTH, HEADS, head_dim)  # noqa: E731  [out, in] -> [in, h, d]
-    return {
+    params = {
         "token_embed": {"embedding": t(model.wte.weight)},
-        "pos_embed": {"embedding": t(model.wpe.weight)},
         "final_norm": {"scale": t(model.ln_f.weight)},
         "layers": {
             "attn_norm": {"scale": np.stack([t(b.ln_1.weight) for b in blocks])},
@@ -54,12 +53,17 @@ def _torch_to_jax_params(model: TorchGPT) -> dict:
                     "wo": {"kernel": np.stack([t(b.c_proj.weight).T for b in blocks])}},
         },
     }
+    if model.wpe is not None:
+        params["pos_embed"] = {"embedding": t(model.wpe.weight)}
+    return params
 
 
-def test_nanogpt_style_torch_model_gives_our_logits_for_the_same_weights():
+@pytest.mark.parametrize("position_embedding", ["learned", "rope"])
+def test_nanogpt_style_torch_model_gives_our_logits_for_the_same_weights(position_embedding):
     torch.manual_seed(0)
     reference = TorchGPT(TorchGPTConfig(VOCAB, LAYERS, HEADS, WIDTH, CONTEXT, bias=False,
-                                        gelu_approximate="none"))
+                                        gelu_approximate="none",
+                                        position_embedding=position_embedding))
     # Weights large enough that activations are O(1) (so e.g. tanh vs exact GELU
     # shows), and non-trivial norm scales, so a swapped or dropped norm would show.
     with torch.no_grad():
@@ -70,7 +74,8 @@ def test_nanogpt_style_torch_model_gives_our_logits_for_the_same_weights():
                 p.normal_(0.0, 0.3)
     config = TransformerConfig(vocab_size=VOCAB, num_layers=LAYERS, num_heads=HEADS,
                                embed_dim=WIDTH, max_len=CONTEXT, use_bias=False,
-                               mlp_activation="gelu_exact", tie_embeddings=True)
+                               mlp_activation="gelu_exact", tie_embeddings=True,
+                               position_embedding=position_embedding)
     graphdef, state = nnx.split(DecoderLM(config, rngs=nnx.Rngs(0)), nnx.Param)
     ours = _torch_to_jax_params(reference)
     assert jax.tree.map(np.shape, nnx.to_pure_dict(state)) == jax.tree.map(np.shape, ours)
