@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """How much a trained encoder-decoder reads its input: target NLL under the right input vs another.
 
-Scores every target of a split (teacher forcing, `llmos_jax.inference.score`)
-three ways: under its own input, under the next example's input, and under an
+Scores every target of a split (teacher forcing, through
+`llmos_jax.evaluation.input_ablation`) three ways: under its own input, under the next example's input, and under an
 input of EOS alone. A model that translates or summarises loses a lot under a
 wrong input; one that has only learnt the targets' language loses little.
 ROUGE alone cannot tell them apart: on DialogSum one fixed, summary-shaped
@@ -32,10 +32,10 @@ def main(argv=None) -> int:
 
     args, bindings = parse_tool_args(parser, argv)
 
-    import numpy as np
+    import math
 
+    from llmos_jax.evaluation.input_ablation import input_ablation_nll
     from llmos_jax.inference.model_loading import load_for_inference
-    from llmos_jax.inference.scoring import score
 
     loaded = load_for_inference(args.gin_file, bindings, checkpoint=args.checkpoint,
                                 split=args.split)
@@ -43,23 +43,14 @@ def main(argv=None) -> int:
     dataset = loaded.provider.get_dataset(lengths, split=args.split, shuffle=False)
     pairs = [(list(ex["inputs"][:lengths["inputs"]]), list(ex["targets"][:lengths["targets"]]))
              for ex in dataset.as_numpy_iterator()]
-    inputs, targets = [p[0] for p in pairs], [p[1] for p in pairs]
-    eos = [loaded.vocabularies.inputs.eos_id]
-    conditions = {
-        "own input": inputs,
-        "next example's input": inputs[1:] + inputs[:1],
-        "EOS only": [eos] * len(inputs),
-    }
-    for name, prompts in conditions.items():
-        total, count = 0.0, 0
-        for i in range(0, len(targets), args.batch_size):
-            for result in score(loaded.model, loaded.params, prompts[i:i + args.batch_size],
-                                targets[i:i + args.batch_size]):
-                total -= result.log_likelihood
-                count += result.num_tokens
-        print(f"{name:>24}: NLL {total / count:.4f} nats/piece (perplexity "
-              f"{float(np.exp(total / count)):.1f}) over {count} target pieces of "
-              f"{len(targets)} examples", flush=True)
+    targets = [t for _, t in pairs]
+    means = input_ablation_nll(loaded.model, loaded.params, [i for i, _ in pairs], targets,
+                               eos_id=loaded.vocabularies.inputs.eos_id,
+                               batch_size=args.batch_size)
+    tokens = sum(len(t) for t in targets)
+    for name, nll in means.items():
+        print(f"{name:>24}: NLL {nll:.4f} nats/piece (perplexity {math.exp(nll):.1f}) over "
+              f"{tokens} target pieces of {len(targets)} examples", flush=True)
     return 0
 
 
