@@ -2,6 +2,9 @@
 # Re-installs only when pyproject.toml changes (a stamp holds its hash).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# LLMOS_VENV=DIR installs into a shared venv instead. The install is editable,
+# so afterwards every user of DIR imports llmos_jax from *this* checkout (e.g.
+# a CI clone) until another checkout installs itself there.
 VENV="${LLMOS_VENV:-$REPO_ROOT/.venv}"
 EXTRAS="${1:-all,test}"
 PYTHON="${PYTHON:-python3}"
