@@ -11,7 +11,7 @@ The yardstick for our fine-tunes (issue 4: ours must land within 1 point):
   SST-2 dev accuracy (872 sentences).
 - ``conll``: ``BertForTokenClassification`` (9 IOB2 labels), CoNLL-2003 test
   (``eng.testb``) entity F1 by conlleval's rules
-  (``llmos_jax.evaluation.conll_span_f1``), over every word: words whose
+  (``llmos_jax.metrics.conll_span_f1``), over every word: words whose
   first sub-token falls past ``--max_len`` count as predicted ``O``.
 
 Same data and recipe as ours, so only the framework differs:
@@ -201,7 +201,7 @@ def evaluate(torch, model, task: str, examples: list[dict], args: argparse.Names
         predicted = np.concatenate(predictions)
         gold = np.array([int(e["label"]) for e in examples])
         return {"accuracy": 100.0 * float((predicted == gold).mean()), "examples": len(examples)}
-    from llmos_jax.evaluation.metrics import conll_span_f1
+    from llmos_jax.metrics import conll_span_f1
 
     rows = [row for block in predictions for row in block]
     gold_tags, predicted_tags = [], []

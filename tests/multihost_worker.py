@@ -48,11 +48,8 @@ def train_losses(data, devices=None) -> list[float]:
         host_local_to_global,
     )
     from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
-    from llmos_jax.training.train_state import (
-        init_train_state,
-        model_spec,
-        state_shardings,
-    )
+    from llmos_jax.training.train_state import init_train_state, state_shardings
+    from llmos_jax.objectives.model_building import model_spec
     from llmos_jax.training.train_step import (
         StepConfig,
         jit_train_step,

@@ -128,7 +128,7 @@ def test_three_clipped_adamw_steps_match_the_torch_reference():
     """Same weights and batches: the torch step and ours end at the same parameters."""
     import optax
 
-    from llmos_jax.training.loss import cross_entropy_sums
+    from llmos_jax.objectives.loss import cross_entropy_sums
     from llmos_jax.training.optimizers import make_optimizer
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import seqio
 from classifier_helpers import CLASSIFIER_GIN, register_classification_task, train_from_gin
 
 from llmos_jax.cli.main import main
-from llmos_jax.evaluation import metrics
+from llmos_jax import metrics
 
 GIN = CLASSIFIER_GIN + """
 train.num_steps = 12

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from llmos_jax.cli.main import main
 from llmos_jax.inference import DecodeConfig, generate
-from llmos_jax.inference.model_loading import load_for_inference
+from llmos_jax.cli.run_loading import load_for_inference
 
 GPT_GIN = """
 TransformerConfig.vocab_size = 259
@@ -189,10 +189,10 @@ def t5_export(tmp_path_factory):
     """A text-to-text task over bytes and a tiny T5's initial weights exported for it."""
     from llmos_jax.cli.gin_config import parse_gin
     from llmos_jax.data.registry import register_text_to_text_task
-    from llmos_jax.inference.model_loading import train_settings
-    from llmos_jax.training.checkpointing import export_params
+    from llmos_jax.cli.run_loading import train_settings
+    from llmos_jax.checkpoints.checkpointer import export_params
     from llmos_jax.training.run_metadata import describe_vocabulary
-    from llmos_jax.training.train_state import model_spec
+    from llmos_jax.objectives.model_building import model_spec
 
     root = tmp_path_factory.mktemp("t5")
     name = f"infer_t5_{uuid.uuid4().hex[:6]}"

@@ -151,7 +151,7 @@ def test_seqio_tasks_yield_the_builders_examples(shared_data_dir, monkeypatch):
     import seqio
 
     from llmos_jax.data import catalog
-    from llmos_jax.data.registry import get_provider
+    from llmos_jax.data.providers import get_provider
 
     monkeypatch.setenv("LLMOS_DATA_DIR", str(shared_data_dir))
     tokenizer = minilm_tokenizer()

@@ -82,7 +82,7 @@ def test_seq2seq_tasks_tokenize_aligned_pairs(data_dir, tiny_spm):
     import seqio
 
     from llmos_jax.data.finetune_tasks import seqio_tasks
-    from llmos_jax.data.registry import get_provider
+    from llmos_jax.data.providers import get_provider
 
     seqio_tasks.register_multi30k_en_de_spm(str(tiny_spm))
     task = get_provider("multi30k_en_de_spm", "test")

@@ -9,7 +9,7 @@ import pytest
 import seqio
 
 from llmos_jax.cli import main as cli
-from llmos_jax.data import catalog, registry
+from llmos_jax.data import catalog, providers, registry
 from llmos_jax.data.char_vocabulary import CharacterVocabulary
 from llmos_jax.data.data_dir import DATA_DIR_ENV
 from llmos_jax.data.sentencepiece_vocab import train_sentencepiece
@@ -64,12 +64,12 @@ def test_unknown_task_suggests_close_registered_and_builtin_names():
 
     with pytest.raises(UserError, match=r"LMBatches\.task_name='tiny_shakespear_char': no seqio Task"
                                         r".*Did you mean 'tiny_shakespeare_char'\?"):
-        registry.get_provider("tiny_shakespear_char")
+        providers.get_provider("tiny_shakespear_char")
     with pytest.raises(UserError, match=f"Did you mean '{name}'"):
-        registry.get_provider(name[:-1], setting="train.task_name")
+        providers.get_provider(name[:-1], setting="train.task_name")
     with pytest.raises(UserError, match=r"LMBatches\.split='test': .* no such split; use one of "
                                         r"\['train'\]"):
-        registry.get_provider(name, "test")
+        providers.get_provider(name, "test")
 
 
 def test_mixture_is_registered_with_rates_and_checks_its_tasks():
@@ -80,7 +80,7 @@ def test_mixture_is_registered_with_rates_and_checks_its_tasks():
     summary = registry.summarize(name)
     assert summary.kind == "mixture" and summary.mixes == ((a, 1.0), (b, 3.0))
     assert summary.features == {"targets": "ByteVocabulary"}
-    assert isinstance(registry.get_provider(name), seqio.Mixture)
+    assert isinstance(providers.get_provider(name), seqio.Mixture)
     with pytest.raises(UserError, match=f"Did you mean '{a}'"):
         registry.register_mixture(_unique("bad"), [(a + "x", 1.0)])
     with pytest.raises(UserError, match=r"register_mixture\.tasks\[.*\]=0 .* positive rate"):
@@ -90,7 +90,7 @@ def test_mixture_is_registered_with_rates_and_checks_its_tasks():
 def test_builtin_task_is_registered_on_first_lookup(data_dir):
     seqio.TaskRegistry.remove("tiny_shakespeare_char")
 
-    task = registry.get_provider("tiny_shakespeare_char")
+    task = providers.get_provider("tiny_shakespeare_char")
 
     assert isinstance(task, seqio.Task) and tuple(task.splits) == ("train", "validation")
 
@@ -141,7 +141,7 @@ def test_tang_poems_spm_needs_a_model_and_uses_it(data_dir):
     model = train_sentencepiece(text, data_dir / "tang", 52, character_coverage=1.0, num_threads=1)
     gin.parse_config(f"register_tang_poems_spm.spm_model = '{model}'")
 
-    task = registry.get_provider(catalog.register_tang_poems_spm())
+    task = providers.get_provider(catalog.register_tang_poems_spm())
 
     vocabulary = task.output_features["targets"].vocabulary
     assert isinstance(vocabulary, seqio.SentencePieceVocabulary) and vocabulary.vocab_size == 52

@@ -9,7 +9,7 @@ pytest.importorskip("tokenizers")
 
 from llmos_jax.data.finetune_tasks import dialogsum, multi30k
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation import metrics
+from llmos_jax import metrics
 from llmos_jax.evaluation.evaluator import evaluate_task
 
 

@@ -213,7 +213,7 @@ def test_restore_into_a_model_of_another_shape_names_the_parameter(llmos, model_
     assert "left untouched" in message, message
     assert snapshot(model_dir) == before
     # The named parameter really is in the checkpoint, with the shape the message gives.
-    from llmos_jax.training.checkpointing import Checkpointer
+    from llmos_jax.checkpoints.checkpointer import Checkpointer
 
     saved_shapes = Checkpointer(model_dir, save_every=5).saved_param_shapes(5)
     assert name in saved_shapes, (name, sorted(saved_shapes))

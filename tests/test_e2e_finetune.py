@@ -54,8 +54,8 @@ def run_train(tmp_path, model_dir, *bindings):
 
 
 def exported(model_dir):
-    from llmos_jax.training.checkpointing import load_exported_params
-    from llmos_jax.training.warm_start import flat_params
+    from llmos_jax.checkpoints.checkpointer import load_exported_params
+    from llmos_jax.checkpoints.params_reader import flat_params
     return {k: np.asarray(v) for k, v in flat_params(load_exported_params(model_dir / "export")).items()}
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation.classification import accuracy, macro_f1, per_label_f1
+from llmos_jax.metrics.classification import accuracy, macro_f1, per_label_f1
 
 
 def test_accuracy_hand_computed():

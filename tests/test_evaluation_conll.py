@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation.conll import Chunk, conll_span_f1, extract_chunks
+from llmos_jax.metrics.conll import Chunk, conll_span_f1, extract_chunks
 
 
 @pytest.mark.parametrize(

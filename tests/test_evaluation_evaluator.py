@@ -9,7 +9,7 @@ import seqio
 
 from llmos_jax.data.sources import FunctionSource
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation import metrics
+from llmos_jax import metrics
 from llmos_jax.evaluation.evaluator import evaluate
 from llmos_jax.monitoring.metrics_writer import METRICS_FILENAME, TENSORBOARD_DIRNAME
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation.generation import bleu, rouge
+from llmos_jax.metrics.generation import bleu, rouge
 
 sacrebleu = pytest.importorskip("sacrebleu")
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")

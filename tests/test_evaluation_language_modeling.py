@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation.language_modeling import (
+from llmos_jax.metrics.language_modeling import (
     perplexity,
     perplexity_from_totals,
     token_accuracy,

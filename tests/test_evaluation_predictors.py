@@ -11,7 +11,7 @@ from inference_helpers import jitted_forward, random_model
 
 from llmos_jax.data.finetune_tasks.conll2003 import LABELS
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation import metrics
+from llmos_jax import metrics
 from llmos_jax.evaluation.predictors import (
     generator,
     sequence_classifier,

@@ -3,7 +3,7 @@
 import dataclasses
 import logging
 
-from llmos_jax.inference.model_loading import _warn_on_config_drift
+from llmos_jax.cli.run_loading import _warn_on_config_drift
 from llmos_jax.models import TransformerConfig
 
 CONFIG = TransformerConfig(vocab_size=50, num_layers=2)

@@ -15,7 +15,8 @@ from llmos_jax.partitioning import (DEFAULT_RULES, MESH_AXES, MeshConfig, build_
                                     check_global_batch_size, data_parallel_size,
                                     host_local_to_global, logical_to_mesh_spec)
 from llmos_jax.training.optimizers import make_optimizer
-from llmos_jax.training.train_state import model_spec, param_shardings, state_shardings
+from llmos_jax.training.train_state import state_shardings
+from llmos_jax.objectives.model_building import model_spec, param_shardings
 
 
 def mesh_of(data, fsdp, tensor):

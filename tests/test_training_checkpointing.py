@@ -12,11 +12,11 @@ import pytest
 from llmos_jax.errors import UserError
 from llmos_jax.models import DecoderLM, TransformerConfig
 from llmos_jax.partitioning import DEFAULT_RULES, MeshConfig, build_mesh
-from llmos_jax.training.checkpointing import (Checkpointer, check_writable, export_params,
+from llmos_jax.checkpoints.checkpointer import (Checkpointer, check_writable, export_params,
                                               load_exported_params, numpy_tree)
 from llmos_jax.training.optimizers import make_optimizer
-from llmos_jax.training.train_state import (abstract_train_state, model_spec, param_shardings,
-                                            state_shardings)
+from llmos_jax.training.train_state import abstract_train_state, state_shardings
+from llmos_jax.objectives.model_building import model_spec, param_shardings
 
 
 def config(embed_dim=32, scan_layers=True):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from llmos_jax.errors import UserError
-from llmos_jax.training.loss import cross_entropy_sums
-from llmos_jax.training.objectives import CausalLm, Seq2Seq
+from llmos_jax.objectives.loss import cross_entropy_sums
+from llmos_jax.objectives import CausalLm, Seq2Seq
 
 RNG = np.random.default_rng(0)
 LOGITS = RNG.normal(size=(2, 5, 7)).astype(np.float32) * 3

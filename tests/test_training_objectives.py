@@ -14,10 +14,11 @@ from llmos_jax.errors import UserError
 from llmos_jax.models import EncoderConfig, EncoderDecoderConfig, TransformerConfig
 from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
                                     host_local_to_global)
-from llmos_jax.training.objectives import (BertPretraining, Seq2Seq, SequenceClassification,
+from llmos_jax.objectives import (BertPretraining, Seq2Seq, SequenceClassification,
                                            TokenClassification, check_batch_features)
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
-from llmos_jax.training.train_state import init_train_state, model_spec, state_shardings
+from llmos_jax.training.train_state import init_train_state, state_shardings
+from llmos_jax.objectives.model_building import model_spec
 from llmos_jax.training.train_step import (StepConfig, jit_eval_step, jit_train_step,
                                            make_eval_step, make_train_step)
 

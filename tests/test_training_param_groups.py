@@ -9,7 +9,8 @@ import pytest
 from llmos_jax.errors import UserError
 from llmos_jax.partitioning import DEFAULT_RULES, MeshConfig, build_mesh
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
-from llmos_jax.training.train_state import init_train_state, model_spec, state_shardings
+from llmos_jax.training.train_state import init_train_state, state_shardings
+from llmos_jax.objectives.model_building import model_spec
 
 PARAMS = {"encoder": {"dense": {"kernel": jnp.ones((4, 4)), "bias": jnp.ones((4,))}},
           "classifier": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones((2,))},

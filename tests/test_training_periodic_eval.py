@@ -12,7 +12,7 @@ import seqio
 from classifier_helpers import CLASSIFIER_GIN, register_classification_task, train_from_gin
 
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation import metrics
+from llmos_jax import metrics
 from llmos_jax.training.periodic_eval import PeriodicEvaluator, metric_value
 
 GIN = CLASSIFIER_GIN + """
@@ -46,7 +46,7 @@ def _register(name: str, scripted: list[float]) -> str:
 
 def test_periodic_eval_writes_task_metrics_and_keeps_the_best_step(tmp_path, capsys):
     from llmos_jax.cli.main import main
-    from llmos_jax.training.warm_start import read_our_params
+    from llmos_jax.checkpoints.params_reader import read_our_params
 
     scripted = list(SCRIPTED)
     task = _register(f"periodic_eval_{uuid.uuid4().hex[:8]}", scripted)

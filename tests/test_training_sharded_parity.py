@@ -11,10 +11,10 @@ import pytest
 from llmos_jax.models import DecoderLM, llama_style_config
 from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
                                     host_local_to_global)
-from llmos_jax.training.checkpointing import numpy_tree
+from llmos_jax.checkpoints.checkpointer import numpy_tree
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
-from llmos_jax.training.train_state import (TrainState, init_train_state, model_spec,
-                                            state_shardings)
+from llmos_jax.training.train_state import TrainState, init_train_state, state_shardings
+from llmos_jax.objectives.model_building import model_spec
 from llmos_jax.training.train_step import (INPUTS, POSITIONS, SEGMENTS, TARGETS, WEIGHTS,
                                            StepConfig, jit_train_step, make_train_step)
 

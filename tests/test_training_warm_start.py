@@ -11,9 +11,10 @@ from llmos_jax.errors import UserError
 from llmos_jax.models import (Encoder, EncoderConfig, EncoderForPreTraining,
                               EncoderForSequenceClassification, EncoderForTokenClassification)
 from llmos_jax.partitioning import DEFAULT_RULES, MeshConfig, build_mesh
-from llmos_jax.training.checkpointing import export_params
+from llmos_jax.checkpoints.checkpointer import export_params
 from llmos_jax.training.optimizers import make_optimizer
-from llmos_jax.training.train_state import init_train_state, model_spec, state_shardings
+from llmos_jax.training.train_state import init_train_state, state_shardings
+from llmos_jax.objectives.model_building import model_spec
 from llmos_jax.training.warm_start import (InitFrom, flat_params, hf_model_config,
                                            resolve_path, warm_start_params)
 
@@ -98,7 +99,7 @@ def test_sources_and_package_paths_are_checked(tmp_path):
     with pytest.raises(UserError, match="exactly one of"):
         InitFrom()
     with pytest.raises(UserError, match="holds no checkpoint or export"):
-        from llmos_jax.training.warm_start import read_our_params
+        from llmos_jax.checkpoints.params_reader import read_our_params
         read_our_params(str(tmp_path))
     with pytest.raises(UserError, match="no installed Python package 'no_such_pkg'"):
         resolve_path("package:no_such_pkg/model", "InitFrom.hf_dir")

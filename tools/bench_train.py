@@ -58,11 +58,8 @@ def main(argv=None) -> int:
     )
     from llmos_jax.training import trainer
     from llmos_jax.training.optimizers import current_learning_rate
-    from llmos_jax.training.train_state import (
-        init_train_state,
-        model_spec,
-        state_shardings,
-    )
+    from llmos_jax.training.train_state import init_train_state, state_shardings
+    from llmos_jax.objectives.model_building import model_spec
     from llmos_jax.training.train_step import (
         INPUTS,
         TARGETS,

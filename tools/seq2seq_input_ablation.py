@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     import math
 
     from llmos_jax.evaluation.input_ablation import input_ablation_nll
-    from llmos_jax.inference.model_loading import load_for_inference
+    from llmos_jax.cli.run_loading import load_for_inference
 
     loaded = load_for_inference(args.gin_file, bindings, checkpoint=args.checkpoint,
                                 split=args.split)

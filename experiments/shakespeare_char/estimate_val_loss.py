@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     from llmos_jax.data.catalog import BUILTIN_TASKS, SHAKESPEARE, nanogpt_char_split
     from llmos_jax.data.data_dir import resolve_data_path
     from llmos_jax.models import DecoderLM
-    from llmos_jax.training.checkpointing import load_exported_params
+    from llmos_jax.checkpoints.checkpointer import load_exported_params
 
     parse_gin(args.gin_file, bindings)
     config = gin.get_bindings("train")["model_config"]

@@ -136,9 +136,9 @@ def _task_texts(task_name: str, split: str, feature: str) -> Iterator[str]:
     """The raw text of one feature of a Task's source split (before tokenization)."""
     import seqio
 
-    from llmos_jax.cli.main import did_you_mean
+    from llmos_jax.errors import did_you_mean
     from llmos_jax.data.materialise import keep_tensorflow_off_accelerators
-    from llmos_jax.data.registry import get_provider
+    from llmos_jax.data.providers import get_provider
 
     provider = get_provider(task_name, split, setting="--task", split_setting="--split")
     if not isinstance(provider, seqio.Task):

@@ -1,6 +1,6 @@
 """`llmos eval`: a trained checkpoint's metrics on a task split, as JSON and TensorBoard.
 
-The model is built and restored by `llmos_jax.inference.model_loading`, the
+The model is built and restored by `llmos_jax.cli.run_loading`, the
 way `llmos train` builds it (`train.model_config`, `train.objective`, mesh
 and rules), from a run's latest checkpoint or a params-only export
 (`model_dir/export`, `model_dir/best`). The task's own metric functions
@@ -76,7 +76,7 @@ def run_eval(flags: ParsedFlags) -> int:
     if not gin_files:
         raise UserError(f"llmos eval needs --gin_file, the run's gin file, e.g. {EVAL_EXAMPLE}")
 
-    from llmos_jax.inference import model_loading
+    from llmos_jax.cli import run_loading as model_loading
 
     location = model_loading.find_checkpoint(checkpoint)
     bindings, sources = flags.gin_bindings()

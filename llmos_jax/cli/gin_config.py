@@ -24,7 +24,7 @@ from typing import Any
 import gin
 import llmos_jax
 from gin import config_parser
-from llmos_jax.cli.main import did_you_mean
+from llmos_jax.errors import did_you_mean
 from llmos_jax.errors import UserError
 
 # Modules whose import registers the gin configurables a training run uses.

@@ -1,7 +1,7 @@
 """`llmos infer`: decode every prompt of a JSONL file, or every example of a task split.
 
 The model is built from the run's gin file and restored from `--checkpoint`
-(`llmos_jax.inference.model_loading`); decoding is set by `DecodeConfig` in
+(`llmos_jax.cli.run_loading`); decoding is set by `DecodeConfig` in
 gin (`--gin.DecodeConfig.method="'sample'"`, `--gin.DecodeConfig.top_k=40`,
 ...). The work is done in chunks that are saved as they finish, so rerunning
 an interrupted command resumes it; on several hosts each host decodes its own
@@ -119,7 +119,7 @@ def run_infer(flags: ParsedFlags) -> int:
     import jax
 
     from llmos_jax.evaluation.objective_predictors import feature_lengths
-    from llmos_jax.inference.model_loading import decode_config_from_gin, load_for_inference
+    from llmos_jax.cli.run_loading import decode_config_from_gin, load_for_inference
 
     bindings, sources = flags.gin_bindings()
     split = (flags.one("split") or "validation") if task else None

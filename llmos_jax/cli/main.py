@@ -10,7 +10,6 @@ gin, jax and the trainer load inside the command that needs them.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import logging
 import os
@@ -19,20 +18,9 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from llmos_jax.errors import UserError
+from llmos_jax.errors import UserError, did_you_mean
 
 _HELP_ARGS = ("-h", "--help")
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """" Did you mean 'x'?" naming the closest candidate(s) to `word`, else ""."""
-    matches = difflib.get_close_matches(word, sorted(set(candidates)), n=3, cutoff=0.6)
-    if not matches:
-        return ""
-    best = difflib.SequenceMatcher(None, word, matches[0]).ratio()
-    # Only near-ties with the best: weaker alternatives are noise, not help.
-    matches = [m for m in matches if difflib.SequenceMatcher(None, word, m).ratio() >= best - 0.05]
-    return " Did you mean " + " or ".join(f"'{match}'" for match in matches) + "?"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from llmos_jax.data.epoch_order import EpochOrder
 from llmos_jax.data.materialise import keep_tensorflow_off_accelerators
-from llmos_jax.data.registry import get_provider
+from llmos_jax.data.providers import get_provider
 from llmos_jax.data.truncation import FeatureTruncation, TruncationReport
 from llmos_jax.errors import UserError
 

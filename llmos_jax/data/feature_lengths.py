@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from llmos_jax.cli.main import did_you_mean
+from llmos_jax.errors import did_you_mean
 from llmos_jax.errors import UserError
 
 CONVERTER_NAMES: tuple[str, ...] = ("lm", "prefix_lm", "enc_dec", "next_token")

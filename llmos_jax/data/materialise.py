@@ -19,7 +19,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from llmos_jax.data.registry import get_provider
+from llmos_jax.data.providers import get_provider
 from llmos_jax.data.split_snapshot import SplitArrays
 from llmos_jax.data.truncation import count_truncation
 from llmos_jax.errors import UserError

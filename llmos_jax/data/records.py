@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import gin
 
-from llmos_jax.cli.main import did_you_mean
+from llmos_jax.errors import did_you_mean
 from llmos_jax.errors import UserError
 
 log = logging.getLogger("llmos_jax.data")

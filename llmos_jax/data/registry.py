@@ -29,10 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 import gin
 import seqio
 
-from llmos_jax.cli.main import did_you_mean
+from llmos_jax import metrics as _metrics  # noqa: F401 (gin: @llmos_jax.evaluation.bleu)
 from llmos_jax.data.preprocessors import chunk_tokens
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation import metrics as _metrics  # noqa: F401 (gin: @llmos_jax.evaluation.bleu)
 
 
 # Lets gin files name seqio's vocabularies: `@seqio.ByteVocabulary()`.
@@ -78,7 +77,7 @@ def register_lm_task(name: str, source: seqio.DataSource, vocabulary: seqio.Voca
       chunk: cut long documents into window-sized chunks (else they are
         trimmed to the window, and the loss of text is reported).
       metric_fns: seqio metric functions ``llmos eval`` reports, e.g.
-        ``[@llmos_jax.evaluation.perplexity]`` (see ``llmos_jax.evaluation.metrics``).
+        ``[@llmos_jax.evaluation.perplexity]`` (see ``llmos_jax.metrics``).
       postprocess_fn: seqio postprocessor applied to targets and predictions
         before the metrics, called as ``fn(text, example=..., is_target=...)``.
 
@@ -153,38 +152,6 @@ def register_mixture(name: str, tasks: Mapping[str, float] | Sequence[tuple[str,
 def registered_names() -> list[str]:
     """All registered Task and Mixture names, sorted."""
     return sorted({*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()})
-
-
-def get_provider(name: str, split: str | None = None, *, setting: str = "LMBatches.task_name",
-                 split_setting: str = "LMBatches.split") -> seqio.DatasetProviderBase:
-    """The registered Task or Mixture ``name``, registering a built-in one on demand.
-
-    Args:
-      name: Task or Mixture name.
-      split: when given, the provider must have it.
-      setting: the gin parameter or flag that gave ``name``, for messages.
-      split_setting: the one that gave ``split``.
-
-    Raises:
-      UserError: an unknown name (with close matches) or a missing split.
-    """
-    from llmos_jax.data import catalog  # The catalog registers through this module.
-
-    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-        if name in catalog.BUILTIN_TASKS:
-            catalog.BUILTIN_TASKS[name]()  # Raises a UserError saying what it needs.
-        else:
-            known = sorted({*registered_names(), *catalog.BUILTIN_TASKS})
-            raise UserError(
-                f"{setting}={name!r}: no seqio Task or Mixture has this name.{did_you_mean(name, known)}"
-                " Run `llmos tasks list` to see them, or register it first (e.g. gin: "
-                f"{setting} = @register_lm_task())."
-            )
-    provider = seqio.get_mixture_or_task(name)
-    if split is not None and split not in provider.splits:
-        raise UserError(f"{split_setting}={split!r}: {name!r} has no such split; use one of "
-                        f"{list(provider.splits)}.")
-    return provider
 
 
 @dataclasses.dataclass(frozen=True)

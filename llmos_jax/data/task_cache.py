@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import seqio
 import tensorflow as tf
 
-from llmos_jax.data.registry import get_provider
+from llmos_jax.data.providers import get_provider
 from llmos_jax.errors import UserError
 
 log = logging.getLogger("llmos_jax.data")

@@ -5,7 +5,7 @@ reference packages behind BLEU and ROUGE load on first use
 (``pip install 'llmos_jax[eval]'``).
 """
 
-from llmos_jax.evaluation.metrics import (
+from llmos_jax.metrics import (
     accuracy,
     bleu,
     conll_span_f1,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import seqio
 
-from llmos_jax.data.registry import get_provider
+from llmos_jax.data.providers import get_provider
 from llmos_jax.errors import UserError
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
 
@@ -171,7 +171,7 @@ def evaluate_task(
     if not task.metric_fns:
         raise UserError(
             f"Task {task.name!r} has no metric functions; register it with metric_fns=[...] "
-            "(see llmos_jax.evaluation.metrics) to evaluate it."
+            "(see llmos_jax.metrics) to evaluate it."
         )
     _check_metric_fns(task, predict_fn, score_fn)
     outputs = _collect_outputs(

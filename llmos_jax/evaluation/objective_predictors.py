@@ -28,7 +28,7 @@ from llmos_jax.errors import UserError
 from llmos_jax.evaluation import predictors
 from llmos_jax.inference.decode_config import DecodeConfig
 from llmos_jax.partitioning import data_parallel_size
-from llmos_jax.training.objectives import (CausalLm, Objective, Seq2Seq, SequenceClassification,
+from llmos_jax.objectives import (CausalLm, Objective, Seq2Seq, SequenceClassification,
                                            TokenClassification)
 
 _CLASSIFIERS = {SequenceClassification: predictors.sequence_classifier,

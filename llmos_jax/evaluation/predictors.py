@@ -36,7 +36,7 @@ from llmos_jax.data.finetune_tasks.conll2003 import word_tags_from_tokens
 from llmos_jax.data.finetune_tasks.example_arrays import pad_rows
 from llmos_jax.errors import UserError
 from llmos_jax.inference import DecodeConfig, generate, score
-from llmos_jax.training.objectives.base import padding_segments
+from llmos_jax.objectives.base import padding_segments
 
 Example = Mapping[str, Any]
 PredictFn = Callable[[list[Example]], list[Any]]

@@ -38,9 +38,9 @@ from jax.sharding import Mesh
 from llmos_jax.errors import UserError
 from llmos_jax.inference.decode_config import DecodeConfig
 from llmos_jax.partitioning import AxisRules, host_local_to_global
-from llmos_jax.training.checkpointing import export_params
-from llmos_jax.training.objectives import Objective
-from llmos_jax.training.train_state import ModelSpec, Params
+from llmos_jax.checkpoints.checkpointer import export_params
+from llmos_jax.objectives import Objective
+from llmos_jax.objectives.model_building import ModelSpec, Params
 
 log = logging.getLogger("llmos_jax.train")
 
@@ -169,7 +169,7 @@ class TaskEvaluation:
                  mesh: Mesh, task_name: str, split: str, default_every: int,
                  sequence_length: int | Mapping[str, int], model_dir: pathlib.Path,
                  write: bool):
-        from llmos_jax.data.registry import get_provider
+        from llmos_jax.data.providers import get_provider
         from llmos_jax.evaluation.objective_predictors import (check_objective, feature_lengths,
                                                                mesh_batch_size)
 

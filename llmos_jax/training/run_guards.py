@@ -13,7 +13,7 @@ import signal
 import jax
 
 from llmos_jax.errors import UserError
-from llmos_jax.training.checkpointing import Checkpointer
+from llmos_jax.checkpoints.checkpointer import Checkpointer
 
 
 class TrainingDiverged(UserError):

@@ -10,7 +10,6 @@ belongs to.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,10 +17,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llmos_jax.models.axes import logical_axes_of
-from llmos_jax.partitioning.rules import AxisRules, tree_shardings
-
-Params = dict[str, Any]
+from llmos_jax.objectives.model_building import ModelSpec, Params, param_shardings
+from llmos_jax.partitioning.rules import AxisRules
 
 
 @jax.tree_util.register_dataclass
@@ -35,39 +32,6 @@ class TrainState:
 
     def as_dict(self) -> dict[str, Any]:
         return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    """A model's structure without its weights: how to rebuild it and lay it out."""
-
-    graphdef: nnx.GraphDef
-    abstract_params: Params          # ShapeDtypeStructs
-    logical_axes: Params             # tuples of logical names, same structure
-    init_params: Callable[[], Params]
-
-    def merge(self, params: Params) -> nnx.Module:
-        """The live module for `params` (call inside jit: it is cheap to trace)."""
-        return nnx.merge(self.graphdef, params)
-
-
-def model_spec(make_model: Callable[[nnx.Rngs], nnx.Module], seed: int) -> ModelSpec:
-    """Traces `make_model` abstractly: no parameter memory is allocated."""
-    abstract_model = nnx.eval_shape(lambda: make_model(nnx.Rngs(params=seed)))
-    graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
-    logical = jax.tree.map(logical_axes_of, abstract_state,
-                           is_leaf=lambda x: isinstance(x, nnx.Variable))
-    logical = nnx.to_pure_dict(logical) if isinstance(logical, nnx.State) else logical
-    abstract_params = nnx.to_pure_dict(abstract_state)
-
-    def init_params() -> Params:
-        return nnx.to_pure_dict(nnx.state(make_model(nnx.Rngs(params=seed)), nnx.Param))
-
-    return ModelSpec(graphdef, abstract_params, logical, init_params)
-
-
-def param_shardings(spec: ModelSpec, mesh: Mesh, rules: AxisRules) -> Params:
-    return tree_shardings(spec.logical_axes, spec.abstract_params, mesh, rules)
 
 
 def _moment_sharding(mesh: Mesh):

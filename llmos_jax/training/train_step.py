@@ -22,10 +22,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from llmos_jax import runtime
 from llmos_jax.partitioning.global_batch import batch_sharding
 from llmos_jax.partitioning.rules import AxisRules
-from llmos_jax.training.objectives import CausalLm, Objective
-from llmos_jax.training.objectives.language_modeling import (INPUTS, POSITIONS, SEGMENTS,
+from llmos_jax.objectives import CausalLm, Objective
+from llmos_jax.objectives.language_modeling import (INPUTS, POSITIONS, SEGMENTS,
                                                              TARGETS, WEIGHTS)
-from llmos_jax.training.train_state import ModelSpec, TrainState
+from llmos_jax.training.train_state import TrainState
+from llmos_jax.objectives.model_building import ModelSpec
 
 Batch = Mapping[str, jax.Array]
 

@@ -43,9 +43,9 @@ from llmos_jax.partitioning import (DEFAULT_RULES, MeshConfig, build_mesh,
                                     check_global_batch_size, host_local_to_global,
                                     rules_from_mapping)
 from llmos_jax.training import run_metadata, warm_start
-from llmos_jax.training.checkpointing import Checkpointer, check_writable, export_params
-from llmos_jax.training.model_building import build_model_spec, resolve_objective
-from llmos_jax.training.objectives import (BertPretraining, CausalLm, Objective, Seq2Seq,
+from llmos_jax.checkpoints.checkpointer import Checkpointer, check_writable, export_params
+from llmos_jax.objectives.model_building import build_model_spec, resolve_objective
+from llmos_jax.objectives import (BertPretraining, CausalLm, Objective, Seq2Seq,
                                            SequenceClassification, TokenClassification,
                                            check_batch_features)
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer

@@ -34,9 +34,8 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from jax.sharding import SingleDeviceSharding
 
+from llmos_jax.checkpoints.params_reader import flat_params, read_our_params
 from llmos_jax.errors import UserError
 from llmos_jax.models.config import TransformerConfig
 
@@ -139,49 +138,6 @@ def _has_tensor(directory: pathlib.Path, suffix: str) -> bool:
         with safe_open(str(directory / "model.safetensors"), framework="np") as file:
             names = list(file.keys())
     return any(name == suffix or name.endswith("." + suffix) for name in names)
-
-
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
-
-def flat_params(tree) -> dict[str, Any]:
-    """'/'-joined path -> leaf."""
-    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _host_target(metadata_tree) -> Any:
-    cpu = SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=cpu),
-                        metadata_tree)
-
-
-def _restore_params_on_host(item_dir: pathlib.Path, key: str | None) -> dict[str, np.ndarray]:
-    """Restores `params` (or the whole tree when `key` is None) of an Orbax item onto host memory."""
-    checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
-    metadata = checkpointer.metadata(item_dir)
-    tree = getattr(getattr(metadata, "item_metadata", metadata), "tree",
-                   getattr(metadata, "item_metadata", metadata))
-    target = _host_target(tree[key] if key else tree)
-    target = {key: target} if key else target
-    restored = checkpointer.restore(item_dir, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-        partial_restore=bool(key)))
-    params = restored[key] if key else restored
-    return {name: np.asarray(value) for name, value in flat_params(params).items()}
-
-
-def read_our_params(location: str) -> dict[str, np.ndarray]:
-    """Parameters of one of our runs (latest checkpoint) or of a params-only export."""
-    path = pathlib.Path(location).expanduser().absolute()
-    if (path / "params").is_dir():  # export_params
-        return _restore_params_on_host(path / "params", None)
-    checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
-    if not steps:
-        raise UserError(f"InitFrom.checkpoint={location!r} holds no checkpoint or export; give a "
-                        "model_dir that has checkpoints/, or an export folder with params/.")
-    return _restore_params_on_host(checkpoints / str(steps[-1]) / "state", "params")
 
 
 def read_hf_params(location: str, config: TransformerConfig) -> dict[str, np.ndarray]:

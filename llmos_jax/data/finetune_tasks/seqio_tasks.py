@@ -53,7 +53,7 @@ from llmos_jax.data.sentencepiece_vocab import (
 )
 from llmos_jax.data.wordpiece_vocab import WordPieceVocabulary
 from llmos_jax.errors import UserError
-from llmos_jax.evaluation.metrics import accuracy, bleu, conll_span_f1, macro_f1, rouge
+from llmos_jax.metrics import accuracy, bleu, conll_span_f1, macro_f1, rouge
 
 SST2 = "sst2_minilm"
 CONLL = "conll2003_minilm"

@@ -13,10 +13,10 @@ reported on a 0-100 scale; perplexity and NLL are raw.
 
 import gin
 
-from llmos_jax.evaluation.classification import accuracy, macro_f1
-from llmos_jax.evaluation.conll import conll_span_f1
-from llmos_jax.evaluation.generation import bleu, rouge
-from llmos_jax.evaluation.language_modeling import perplexity, token_accuracy
+from llmos_jax.metrics.classification import accuracy, macro_f1
+from llmos_jax.metrics.conll import conll_span_f1
+from llmos_jax.metrics.generation import bleu, rouge
+from llmos_jax.metrics.language_modeling import perplexity, token_accuracy
 
 PREDICTION_METRICS = (accuracy, macro_f1, conll_span_f1, bleu, rouge)
 SCORE_METRICS = (perplexity, token_accuracy)

@@ -13,17 +13,28 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, TypeVar
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from llmos_jax.errors import UserError
-from llmos_jax.training.train_state import TrainState
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
+
+
+class SavedState(Protocol):
+    """What a checkpoint holds (the trainer's `TrainState`): step, params and optimizer state."""
+
+    @property
+    def params(self) -> Any: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+State = TypeVar("State", bound=SavedState)
 
 
 def check_writable(model_dir: str | os.PathLike) -> pathlib.Path:
@@ -100,7 +111,7 @@ class Checkpointer:
     def should_save(self, step: int) -> bool:
         return step % self.save_every == 0
 
-    def save(self, step: int, state: TrainState, meta: Mapping[str, Any]) -> None:
+    def save(self, step: int, state: SavedState, meta: Mapping[str, Any]) -> None:
         """Starts an (async) save of `state` and `meta` at `step`; skips existing steps."""
         if step in self._manager.all_steps():
             return
@@ -119,7 +130,7 @@ class Checkpointer:
         tree = getattr(metadata, "tree", metadata)
         return _flatten_shapes(tree["params"])
 
-    def restore(self, step: int, target: TrainState) -> TrainState:
+    def restore(self, step: int, target: State) -> State:
         """Restores into `target`'s shapes and shardings (any mesh)."""
         mismatch = first_shape_mismatch(self.saved_param_shapes(step),
                                         _flatten_shapes(target.params))
@@ -130,8 +141,7 @@ class Checkpointer:
                 "model gin file or a new --model_dir. The checkpoint was left untouched.")
         restored = self._manager.restore(step, args=ocp.args.Composite(**{
             STATE_ITEM: ocp.args.StandardRestore(target.as_dict())}))[STATE_ITEM]
-        return TrainState(step=restored["step"], params=restored["params"],
-                          opt_state=restored["opt_state"])
+        return type(target)(**restored)
 
     def wait(self) -> None:
         """Blocks until any in-flight asynchronous save is on disk."""

@@ -9,10 +9,10 @@
 Choose one in gin with ``train.objective = @SequenceClassification()``.
 """
 
-from llmos_jax.training.objectives.base import Objective, check_batch_features
-from llmos_jax.training.objectives.encoder import (BertPretraining, SequenceClassification,
+from llmos_jax.objectives.base import Objective, check_batch_features
+from llmos_jax.objectives.encoder import (BertPretraining, SequenceClassification,
                                                    TokenClassification)
-from llmos_jax.training.objectives.language_modeling import CausalLm, Seq2Seq
+from llmos_jax.objectives.language_modeling import CausalLm, Seq2Seq
 
 __all__ = ["Objective", "check_batch_features", "CausalLm", "Seq2Seq", "BertPretraining",
            "SequenceClassification", "TokenClassification"]

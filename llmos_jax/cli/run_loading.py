@@ -8,7 +8,7 @@ that mesh, the task's vocabularies, and the metadata saved with the weights.
 `load_for_inference` does all of it, and refuses before any weight is read
 when the checkpoint's vocabulary is not the task's.
 
-The model is built by `llmos_jax.training.model_building`, the code `train`
+The model is built by `llmos_jax.objectives.model_building`, the code `train`
 builds it with. `--checkpoint` may be a run's `model_dir` (its latest
 checkpoint), its `checkpoints/` folder, a params-only export
 (`model_dir/export`) or the best step's export (`model_dir/best`).
@@ -34,64 +34,13 @@ import jax
 import seqio
 from flax import nnx
 
+from llmos_jax.checkpoints.locations import CheckpointLocation, find_checkpoint
+from llmos_jax.checkpoints.params_reader import restore_params
 from llmos_jax.errors import UserError
 from llmos_jax.inference.decode_config import DecodeConfig
 from llmos_jax.inference.decoding_model import is_encoder_decoder
 
 log = logging.getLogger("llmos_jax.inference")
-
-# Folders `export_params` writes that sit inside a run's model_dir.
-EXPORT_DIRNAMES = ("export", "best")
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointLocation:
-    """Where parameters come from, and what was recorded with them.
-
-    Attributes:
-      path: What `warm_start.read_our_params` reads (model_dir, checkpoints/, export
-        or best).
-      step: The training step of the weights (0 for an export without metadata).
-      meta: The JSON saved with them (model config, vocabulary, data position).
-      model_dir: The run folder.
-    """
-
-    path: pathlib.Path
-    step: int
-    meta: dict[str, Any]
-    model_dir: pathlib.Path
-
-
-def find_checkpoint(location: str, *, flag: str = "--checkpoint") -> CheckpointLocation:
-    """The export or latest checkpoint at `location`, with its metadata.
-
-    Raises:
-      UserError: the folder is missing or holds neither an export nor a checkpoint.
-    """
-    path = pathlib.Path(location).expanduser().absolute()
-    if not path.is_dir():
-        raise UserError(f"{flag}={location!r}: {path} is not a directory; give a run's "
-                        "model_dir, its checkpoints/ folder or its export/ folder.")
-    if (path / "params").is_dir():  # `export_params`.
-        meta_file = path / "meta.json"
-        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        model_dir = path.parent if path.name in EXPORT_DIRNAMES else path
-        return CheckpointLocation(path, int(meta.get("step", 0)), meta, model_dir)
-    checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit() and p.is_dir())
-    if not steps:
-        raise UserError(f"{flag}={location!r} holds no checkpoint (no {path}/checkpoints/<step>) "
-                        f"and no export (no {path}/params); train first, or point at the run's "
-                        "model_dir or export/ folder.")
-    from llmos_jax.training.checkpointing import Checkpointer
-
-    checkpointer = Checkpointer(checkpoints.parent, save_every=1, async_save=False)
-    try:
-        meta = checkpointer.read_meta(steps[-1])
-    finally:
-        checkpointer.close()
-    return CheckpointLocation(path, steps[-1], meta, checkpoints.parent)
-
 
 def parse_run_gin(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
                   model_dir: str | pathlib.Path | None = None, search_paths: Sequence[str] = (),
@@ -197,25 +146,6 @@ def check_vocabulary(meta: Mapping[str, Any], vocabularies: Sequence[seqio.Vocab
                 "the checkpoint trained for this task.")
 
 
-def restore_params(location: CheckpointLocation, spec, shardings, *, checkpoint: str):
-    """The checkpoint's parameters in the model's tree structure, placed with `shardings`."""
-    from llmos_jax.training.checkpointing import first_shape_mismatch
-    from llmos_jax.training.warm_start import flat_params, read_our_params
-
-    saved = read_our_params(str(location.path))
-    expected = flat_params(spec.abstract_params)
-    mismatch = first_shape_mismatch({k: v.shape for k, v in saved.items()},
-                                    {k: v.shape for k, v in expected.items()})
-    if mismatch:
-        raise UserError(f"--checkpoint={checkpoint!r} does not fit the gin file's model: "
-                        f"{mismatch}. Pass the gin file the run was trained with (its "
-                        "model_dir/config.gin).")
-    placed = [jax.device_put(saved[name].astype(abstract.dtype), sharding)
-              for (name, abstract), sharding in zip(expected.items(),
-                                                    flat_params(shardings).values())]
-    return jax.tree.unflatten(jax.tree.structure(spec.abstract_params), placed)
-
-
 @dataclasses.dataclass(frozen=True)
 class InferenceModel:
     """A restored model and everything needed to feed it.
@@ -283,10 +213,10 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
       UserError: a missing checkpoint, task or split, a vocabulary mismatch
         (before any weight is read), or weights that do not fit the gin model.
     """
-    from llmos_jax.data.registry import get_provider
+    from llmos_jax.data.providers import get_provider
     from llmos_jax.partitioning import build_mesh, rules_from_mapping
-    from llmos_jax.training.model_building import build_model_spec, resolve_objective
-    from llmos_jax.training.train_state import param_shardings
+    from llmos_jax.objectives.model_building import build_model_spec, resolve_objective
+    from llmos_jax.objectives.model_building import param_shardings
 
     location = location or find_checkpoint(checkpoint)
     if parse:

@@ -28,7 +28,7 @@ from flax import nnx
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
 from llmos_jax.models.config import TransformerConfig
-from llmos_jax.training.loss import cross_entropy_sums
+from llmos_jax.objectives.loss import cross_entropy_sums
 
 Batch = Mapping[str, jax.Array]
 Sums = dict[str, jax.Array]

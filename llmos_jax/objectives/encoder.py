@@ -28,7 +28,7 @@ from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.encoder import EncoderConfig
 from llmos_jax.models.heads import (EncoderForPreTraining, EncoderForSequenceClassification,
                                     EncoderForTokenClassification)
-from llmos_jax.training.objectives.base import (Batch, Sums, mean, padding_segments,
+from llmos_jax.objectives.base import (Batch, Sums, mean, padding_segments,
                                                 prefixed_cross_entropy, real_rows,
                                                 require_config)
 

@@ -21,8 +21,8 @@ from llmos_jax.models import axes
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.decoder import DecoderLM
 from llmos_jax.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderLM
-from llmos_jax.training.loss import cross_entropy_sums
-from llmos_jax.training.objectives.base import (
+from llmos_jax.objectives.loss import cross_entropy_sums
+from llmos_jax.objectives.base import (
     Batch,
     Sums,
     mean,
