@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import seqio
 
-from llmos_jax.data import registry
+from llmos_jax.data import providers, registry
 from llmos_jax.data.feature_lengths import task_feature_lengths
 from llmos_jax.data.lm_batches import LMBatches
 from llmos_jax.data.records import JsonlFormat
@@ -173,7 +173,7 @@ def test_new_paths_resume_equals_uninterrupted_and_hosts_split_disjointly(jsonl_
 def test_mixture_batches_are_deterministic_and_draw_from_each_task():
     a = _lm_task([f"a{i}" for i in range(20)])
     b = _lm_task([f"b{i}" for i in range(20)])
-    mixture = registry.register_mixture(_unique("mix"), {a: 1.0, b: 1.0})
+    mixture = providers.register_mixture(_unique("mix"), {a: 1.0, b: 1.0})
 
     first, second = (_batches(mixture, 8, pack=False, batch=4, seed=1) for _ in range(2))
 

@@ -75,16 +75,16 @@ def test_unknown_task_suggests_close_registered_and_builtin_names():
 def test_mixture_is_registered_with_rates_and_checks_its_tasks():
     a = _byte_task(_unique("mix_a"), {"train": ["a"]})
     b = _byte_task(_unique("mix_b"), {"train": ["b"], "validation": ["v"]})
-    name = registry.register_mixture(_unique("mixture"), {a: 1.0, b: 3.0})
+    name = providers.register_mixture(_unique("mixture"), {a: 1.0, b: 3.0})
 
     summary = registry.summarize(name)
     assert summary.kind == "mixture" and summary.mixes == ((a, 1.0), (b, 3.0))
     assert summary.features == {"targets": "ByteVocabulary"}
     assert isinstance(providers.get_provider(name), seqio.Mixture)
     with pytest.raises(UserError, match=f"Did you mean '{a}'"):
-        registry.register_mixture(_unique("bad"), [(a + "x", 1.0)])
+        providers.register_mixture(_unique("bad"), [(a + "x", 1.0)])
     with pytest.raises(UserError, match=r"register_mixture\.tasks\[.*\]=0 .* positive rate"):
-        registry.register_mixture(_unique("bad"), {a: 0})
+        providers.register_mixture(_unique("bad"), {a: 0})
 
 
 def test_builtin_task_is_registered_on_first_lookup(data_dir):
@@ -149,7 +149,7 @@ def test_tang_poems_spm_needs_a_model_and_uses_it(data_dir):
 
 def test_llmos_tasks_list_prints_tasks_mixtures_splits_and_features(data_dir, capsys):
     a = _byte_task(_unique("listed_a"), {"train": ["a"]})
-    mixture = registry.register_mixture(_unique("listed_mix"), {a: 2.0})
+    mixture = providers.register_mixture(_unique("listed_mix"), {a: 2.0})
     seqio.TaskRegistry.remove("tang_poems_spm")
 
     assert cli.main(["tasks", "list", f"--data_dir={data_dir}"]) == 0

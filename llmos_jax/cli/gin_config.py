@@ -31,6 +31,7 @@ from llmos_jax.errors import UserError
 # The one list of them: add a module here when it defines new configurables.
 CONFIGURABLE_MODULES: tuple[str, ...] = (
     "llmos_jax.data.catalog",
+    "llmos_jax.data.providers",
     "llmos_jax.data.text_tasks",
     "llmos_jax.data.example_batches",
     "llmos_jax.training.schedules",

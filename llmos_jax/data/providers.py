@@ -1,4 +1,4 @@
-"""Looking up a Task or Mixture by name, registering a built-in one on demand.
+"""Looking up a Task or Mixture by name (registering a built-in one on demand), and Mixtures.
 
 `registry` holds the factories that register Tasks and `catalog` the
 built-in Tasks registered through them; this module sits above both, so the
@@ -7,6 +7,9 @@ two never import each other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import gin
 import seqio
 
 from llmos_jax.data import catalog
@@ -42,3 +45,31 @@ def get_provider(name: str, split: str | None = None, *, setting: str = "LMBatch
         raise UserError(f"{split_setting}={split!r}: {name!r} has no such split; use one of "
                         f"{list(provider.splits)}.")
     return provider
+
+
+@gin.configurable
+def register_mixture(name: str, tasks: Mapping[str, float] | Sequence[tuple[str, float]]) -> str:
+    """Registers a Mixture sampling its Tasks in proportion to their rates.
+
+    Args:
+      name: the Mixture name.
+      tasks: Task name to positive rate (a dict, or ``(name, rate)`` pairs).
+        Unknown names are looked up in the catalog first.
+
+    Returns:
+      ``name``.
+
+    Raises:
+      UserError: no tasks, a non-positive rate, or an unknown task name.
+    """
+    pairs = list(tasks.items()) if isinstance(tasks, Mapping) else [tuple(t) for t in tasks]
+    if not pairs:
+        raise UserError(f"register_mixture.tasks is empty for mixture {name!r}; name its tasks.")
+    for task_name, rate in pairs:
+        if not rate > 0:
+            raise UserError(f"register_mixture.tasks[{task_name!r}]={rate} for mixture {name!r} "
+                            "must be a positive rate.")
+        get_provider(task_name, setting=f"register_mixture.tasks (mixture {name!r})")
+    seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, [(task_name, float(rate)) for task_name, rate in pairs])
+    return name

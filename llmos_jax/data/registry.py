@@ -121,34 +121,6 @@ def register_text_to_text_task(name: str, source: seqio.DataSource, vocabulary: 
                      postprocess_fn=postprocess_fn)
 
 
-@gin.configurable
-def register_mixture(name: str, tasks: Mapping[str, float] | Sequence[tuple[str, float]]) -> str:
-    """Registers a Mixture sampling its Tasks in proportion to their rates.
-
-    Args:
-      name: the Mixture name.
-      tasks: Task name to positive rate (a dict, or ``(name, rate)`` pairs).
-        Unknown names are looked up in the catalog first.
-
-    Returns:
-      ``name``.
-
-    Raises:
-      UserError: no tasks, a non-positive rate, or an unknown task name.
-    """
-    pairs = list(tasks.items()) if isinstance(tasks, Mapping) else [tuple(t) for t in tasks]
-    if not pairs:
-        raise UserError(f"register_mixture.tasks is empty for mixture {name!r}; name its tasks.")
-    for task_name, rate in pairs:
-        if not rate > 0:
-            raise UserError(f"register_mixture.tasks[{task_name!r}]={rate} for mixture {name!r} "
-                            "must be a positive rate.")
-        get_provider(task_name, setting=f"register_mixture.tasks (mixture {name!r})")
-    seqio.MixtureRegistry.remove(name)
-    seqio.MixtureRegistry.add(name, [(task_name, float(rate)) for task_name, rate in pairs])
-    return name
-
-
 def registered_names() -> list[str]:
     """All registered Task and Mixture names, sorted."""
     return sorted({*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()})
