@@ -8,6 +8,9 @@ import gin
 import pytest
 
 from llmos_jax.cli import main as cli
+from llmos_jax.cli.flags import Command, Flag
+from llmos_jax.cli.train_command import train_command
+from llmos_jax.errors import did_you_mean
 
 TRAIN_CALLS = []
 STEPS = "cli_main_test_train.num_steps"  # A gin binding key of the fake trainer.
@@ -33,7 +36,7 @@ def clean_state(tmp_path, monkeypatch):
 
 
 def llmos(*argv):
-    commands = {"train": cli.train_command(cli_main_test_train, configurable_modules=())}
+    commands = {"train": train_command(cli_main_test_train, configurable_modules=())}
     return cli.main(list(argv), commands=commands)
 
 
@@ -185,12 +188,12 @@ def test_no_command_points_to_help(capsys):
 
 def test_commands_are_dispatched_from_the_table(capsys):
     seen = []
-    echo = cli.Command(
+    echo = Command(
         name="echo",
         summary="Echo a flag.",
         description="Echo a flag.",
         usage="llmos echo --text=TEXT",
-        flags=(cli.Flag("text", "TEXT", "What to echo."),),
+        flags=(Flag("text", "TEXT", "What to echo."),),
         example="llmos echo --text=hi",
         run=lambda flags: seen.append(flags.one("text")) or 0,
     )
@@ -220,17 +223,17 @@ def test_help_wins_over_other_flags():
 
 
 def test_did_you_mean_offers_only_near_ties():
-    assert cli.did_you_mean("make_optimzer", ["make_optimizer", "make_model", "zzz"]) == (
+    assert did_you_mean("make_optimzer", ["make_optimizer", "make_model", "zzz"]) == (
         " Did you mean 'make_optimizer'?"
     )
-    assert cli.did_you_mean("qqq", ["make_optimizer"]) == ""
+    assert did_you_mean("qqq", ["make_optimizer"]) == ""
 
 
 def test_user_error_is_the_only_exception_main_swallows():
     def broken(flags):
         raise RuntimeError("a bug")
 
-    command = cli.Command("boom", "", "", "", (cli.Flag("x", "X", ""),), "", broken)
+    command = Command("boom", "", "", "", (Flag("x", "X", ""),), "", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["boom"], commands={"boom": command})
 

@@ -9,12 +9,9 @@ plus `--data_dir`, shorthand for `--gin.data_dir.path`. Heavy imports
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
 
+from llmos_jax.cli.flags import Command, Flag, ParsedFlags
 from llmos_jax.errors import UserError
-
-if TYPE_CHECKING:
-    from llmos_jax.cli.main import Command, ParsedFlags
 
 VOCAB_TRAIN_EXAMPLE = (
     "llmos vocab train --task=tang_poems_bytes --vocab_size=8000 --model_type=unigram "
@@ -22,9 +19,7 @@ VOCAB_TRAIN_EXAMPLE = (
 )
 
 
-def _gin_flags() -> list:
-    from llmos_jax.cli.main import Flag
-
+def _gin_flags() -> list[Flag]:
     return [
         Flag("gin_file", "PATH", "Gin file whose task and data settings apply; repeatable.",
              repeatable=True),
@@ -108,13 +103,6 @@ def _float_flag(flags: ParsedFlags, name: str, default: float) -> float:
         raise UserError(f"--{name}={value!r} is not a number.") from None
 
 
-def _bool_flag(flags: ParsedFlags, name: str) -> bool:
-    value = (flags.one(name) or "false").lower()
-    if value not in ("true", "false", "1", "0"):
-        raise UserError(f"--{name}={value!r} must be true or false.")
-    return value in ("true", "1")
-
-
 def _file_texts(paths: Sequence[str]) -> Iterator[str]:
     """The UTF-8 text of each --input file (gzipped or not)."""
     import pathlib
@@ -175,7 +163,7 @@ def _run_vocab_train(flags: ParsedFlags) -> int:
         model_type=flags.one("model_type") or "unigram",
         character_coverage=_float_flag(flags, "character_coverage",
                                        sentencepiece_vocab.DEFAULT_CHARACTER_COVERAGE),
-        byte_fallback=_bool_flag(flags, "byte_fallback"),
+        byte_fallback=flags.boolean("byte_fallback"),
         max_sentences=_int_flag(flags, "max_sentences", 10_000_000),
     )
     print(f"wrote {model} and {model.with_suffix('.vocab')} ({vocab_size} pieces); point the "
@@ -198,8 +186,6 @@ def _run_vocab_chars(flags: ParsedFlags) -> int:
 
 def data_commands() -> dict[str, Command]:
     """The data subcommands, keyed by their two-word names."""
-    from llmos_jax.cli.main import Command, Flag
-
     text_source_flags = [
         Flag("input", "FILE", "Training text (UTF-8, .gz ok), one sentence per line; repeatable.",
              repeatable=True),

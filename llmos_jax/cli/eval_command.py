@@ -19,12 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-from typing import TYPE_CHECKING
 
-from llmos_jax.errors import UserError
-
-if TYPE_CHECKING:
-    from llmos_jax.cli.main import Command, ParsedFlags
+from llmos_jax.cli.flags import Command, Flag, ParsedFlags
+from llmos_jax.cli.shared_flags import required, run_flags, run_gin_files
 
 log = logging.getLogger("llmos_jax.eval")
 
@@ -34,17 +31,8 @@ EVAL_EXAMPLE = ("llmos eval --gin_file=runs/sst2/config.gin --checkpoint=runs/ss
 
 def eval_command() -> Command:
     """Builds the `llmos eval` command."""
-    from llmos_jax.cli.main import Command, Flag
-
     flags = (
-        Flag("gin_file", "PATH", "The run's gin file (e.g. its model_dir/config.gin); repeatable, "
-             "later files win.", repeatable=True),
-        Flag("gin.", "VALUE", "Override one gin binding, e.g. "
-             "--gin.DecodeConfig.max_new_tokens=64.", repeatable=True),
-        Flag("gin_search_path", "DIR", "Extra folder to search for gin files; repeatable.",
-             repeatable=True),
-        Flag("checkpoint", "DIR", "A run's model_dir (its latest checkpoint), its checkpoints/ "
-             "folder, or a params-only export folder (model_dir/export, model_dir/best)."),
+        *run_flags("--gin.DecodeConfig.max_new_tokens=64"),
         Flag("task", "NAME", "Evaluate this seqio Task or Mixture instead of train.task_name."),
         Flag("split", "NAME", "The split to evaluate (default: train.eval_split, 'validation')."),
         Flag("output_dir", "DIR", "Where eval_results/ and tensorboard/eval go (default: the "
@@ -69,12 +57,8 @@ def eval_command() -> Command:
 
 def run_eval(flags: ParsedFlags) -> int:
     """Parses gin, restores the checkpoint, evaluates, prints and writes the results."""
-    checkpoint = flags.one("checkpoint")
-    if not checkpoint:
-        raise UserError(f"llmos eval needs --checkpoint, e.g. {EVAL_EXAMPLE}")
-    gin_files = flags.all("gin_file")
-    if not gin_files:
-        raise UserError(f"llmos eval needs --gin_file, the run's gin file, e.g. {EVAL_EXAMPLE}")
+    checkpoint = required(flags, "checkpoint", command="eval", example=EVAL_EXAMPLE)
+    gin_files = run_gin_files(flags, command="eval", example=EVAL_EXAMPLE)
 
     from llmos_jax.cli import run_loading as model_loading
 

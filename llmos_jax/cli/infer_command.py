@@ -14,12 +14,11 @@ import dataclasses
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from llmos_jax.cli.flags import Command, Flag, ParsedFlags
+from llmos_jax.cli.shared_flags import required, run_flags, run_gin_files
 from llmos_jax.errors import UserError
-
-if TYPE_CHECKING:
-    from llmos_jax.cli.main import Command, ParsedFlags
 
 log = logging.getLogger("llmos_jax.infer")
 
@@ -30,17 +29,8 @@ INFER_EXAMPLE = ("llmos infer --gin_file=runs/shakespeare/config.gin --checkpoin
 
 def infer_command() -> Command:
     """Builds the `llmos infer` command."""
-    from llmos_jax.cli.main import Command, Flag
-
     flags = (
-        Flag("gin_file", "PATH", "The run's gin file (e.g. its model_dir/config.gin); repeatable, "
-             "later files win.", repeatable=True),
-        Flag("gin.", "VALUE", "Override one gin binding, e.g. --gin.DecodeConfig.top_p=0.9 or "
-             "--gin.DecodeConfig.method=\"'beam'\".", repeatable=True),
-        Flag("gin_search_path", "DIR", "Extra folder to search for gin files; repeatable.",
-             repeatable=True),
-        Flag("checkpoint", "DIR", "A run's model_dir (its latest checkpoint), its checkpoints/ "
-             "folder, or a params-only export folder (model_dir/export)."),
+        *run_flags("--gin.DecodeConfig.top_p=0.9"),
         Flag("input", "FILE", "JSONL requests, one object a line: {\"prompt\": \"...\"} (or "
              "\"inputs\" for encoder-decoders), optional \"id\" and \"seed\"."),
         Flag("task", "NAME", "Decode a seqio Task's (or Mixture's) examples instead of --input."),
@@ -71,20 +61,6 @@ def infer_command() -> Command:
     )
 
 
-def _bool_flag(flags: ParsedFlags, name: str) -> bool:
-    value = (flags.one(name) or "false").lower()
-    if value not in ("true", "false", "1", "0"):
-        raise UserError(f"--{name}={value!r} must be true or false.")
-    return value in ("true", "1")
-
-
-def _required(flags: ParsedFlags, name: str, what: str) -> str:
-    value = flags.one(name)
-    if not value:
-        raise UserError(f"llmos infer needs --{name}, {what}, e.g. {INFER_EXAMPLE}")
-    return value
-
-
 def _barrier(process_count: int):
     if process_count == 1:
         return None
@@ -96,11 +72,11 @@ def _barrier(process_count: int):
 def run_infer(flags: ParsedFlags) -> int:
     """Loads the model, reads the requests, decodes this host's chunks, merges on the chief."""
     started = time.perf_counter()
-    gin_files = flags.all("gin_file")
-    if not gin_files:
-        raise UserError(f"llmos infer needs --gin_file, the run's gin file, e.g. {INFER_EXAMPLE}")
-    checkpoint = _required(flags, "checkpoint", "the run's model_dir or export folder")
-    output = _required(flags, "output", "the JSONL file to write")
+    gin_files = run_gin_files(flags, command="infer", example=INFER_EXAMPLE)
+    checkpoint = required(flags, "checkpoint", command="infer", example=INFER_EXAMPLE,
+                          what="the run's model_dir or export folder")
+    output = required(flags, "output", command="infer", example=INFER_EXAMPLE,
+                      what="the JSONL file to write")
     input_path, task = flags.one("input"), flags.one("task")
     if bool(input_path) == bool(task):
         raise UserError("llmos infer needs exactly one of --input (a JSONL file of prompts) and "
@@ -110,7 +86,7 @@ def run_infer(flags: ParsedFlags) -> int:
             raise UserError(f"--{name} applies to --task only; with --input every line is decoded.")
     chunk_size = flags.positive_int("chunk_size", 64)
     batch_size = flags.positive_int("batch_size", chunk_size)
-    strict = _bool_flag(flags, "strict")
+    strict = flags.boolean("strict")
 
     from llmos_jax.inference import batch_inference
 
