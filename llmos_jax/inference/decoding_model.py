@@ -88,9 +88,9 @@ class DecoderOnly:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoder:
-    """An encoder-decoder-kind model (`EncoderDecoderLM`): the prompt is the (right-padded) encoder input.
+    """An encoder-decoder-kind model (`EncoderDecoderLM`): the prompt is the encoder input.
 
-    Prefill encodes it, computes every layer's cross-attention keys and
+    Prefill encodes the (right-padded) prompt, computes every layer's cross-attention keys and
     values, and runs the decoder start token at slot 0.
     """
 

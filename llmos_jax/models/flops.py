@@ -85,7 +85,8 @@ def decoder_training_flops_per_token(
     return float(TRAINING_TO_FORWARD_RATIO * forward)
 
 
-def decoder_config_training_flops_per_token(config: TransformerConfig, seq_len: int) -> float:
+def decoder_config_training_flops_per_token(config: TransformerConfig,
+                                            seq_len: int) -> float:
     """`decoder_training_flops_per_token` for a decoder-only model built from `config`."""
     return decoder_training_flops_per_token(
         num_layers=config.num_layers, embed_dim=config.embed_dim, num_heads=config.num_heads,

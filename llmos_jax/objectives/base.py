@@ -112,8 +112,9 @@ def model_family(objective: str, config: TransformerConfig,
     family = family_for_config(config)
     if family.kind is not kind:
         wanted = " or ".join(f"@{f.config_class.__name__}()" for f in families_of_kind(kind))
+        wanted = wanted or "(no such family registered)"
         raise UserError(
-            f"train.objective={objective} needs train.model_config = {wanted or '(none registered)'} "
+            f"train.objective={objective} needs train.model_config = {wanted} "
             f"(a {kind.value} family's config), got {type(config).__name__} (model family "
             f"{family.name!r}, a {family.kind.value}); include a matching model gin file "
             "(gin/models/).")
