@@ -177,7 +177,7 @@ def build_torch(setup: Setup, attention: str = "sdpa", adamw: str = "foreach",
 
 
 def flops_per_token(setup: Setup) -> float:
-    from llmos_jax.monitoring.flops import decoder_training_flops_per_token
+    from llmos_jax.models.flops import decoder_training_flops_per_token
 
     head_dim = setup.embed_dim // setup.num_heads
     return decoder_training_flops_per_token(

@@ -3,7 +3,8 @@
 import pytest
 
 from llmos_jax.errors import UserError
-from llmos_jax.monitoring.flops import decoder_training_flops_per_token, mfu
+from llmos_jax.models.flops import decoder_training_flops_per_token
+from llmos_jax.monitoring.flops import mfu
 
 TINY = dict(
     num_layers=2, embed_dim=8, num_heads=2, num_kv_heads=1, head_dim=4,

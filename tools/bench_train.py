@@ -48,7 +48,8 @@ def main(argv=None) -> int:
     import gin
     from llmos_jax.cli.gin_config import parse_gin
     from llmos_jax.models.decoder import DecoderLM
-    from llmos_jax.monitoring.flops import decoder_training_flops_per_token, mfu
+    from llmos_jax.models.flops import decoder_training_flops_per_token
+    from llmos_jax.monitoring.flops import mfu
     from llmos_jax.monitoring.peak_flops import measure_matmul_peak
     from llmos_jax.partitioning import (
         LogicalSharder,

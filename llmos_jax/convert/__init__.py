@@ -13,6 +13,7 @@ transformers is needed (install ``llmos_jax[reference]``).
 - ``bert``: ``BertModel`` / ``BertForPreTraining`` <-> ``Encoder`` / ``EncoderForPreTraining``.
 - ``t5``: ``T5ForConditionalGeneration`` (v1.0, v1.1) <-> ``EncoderDecoderLM``.
 - ``model_params``: shared plumbing between NNX models and flat parameter tables.
-- ``hf_models``: ``import_hf_model`` / ``export_hf_model``, dispatching on
+- ``hf_models``: ``CONVERTERS`` (each ``model_type`` with its model family),
+  ``import_hf_model`` / ``export_hf_model``, dispatching on
   ``config.json``'s ``model_type``.
 """

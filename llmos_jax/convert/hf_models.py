@@ -1,12 +1,16 @@
 """Import or export any supported Hugging Face family, chosen by ``model_type``.
 
 ``config.json``'s ``model_type`` names the architecture (``"gpt2"``,
-``"bert"``, ``"t5"``, ...). Each supported family registers its importer and
-exporter here; anything else is refused with the list of supported types.
+``"bert"``, ``"t5"``, ...). `CONVERTERS` is the one table of supported types:
+each names the model family (`llmos_jax.models.families`) it imports into
+and exports from, so an export can find its ``model_type`` from the model
+alone and a model of another family is refused before any file is written.
+Anything else is refused with the list of supported types.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,18 +19,36 @@ from flax import nnx
 
 from llmos_jax.convert import bert, gpt2, hf_checkpoint, t5
 from llmos_jax.errors import UserError
+from llmos_jax.models import families
 
-IMPORTERS: dict[str, Callable[..., nnx.Module]] = {
-    gpt2.MODEL_TYPE: gpt2.import_gpt2, bert.MODEL_TYPE: bert.import_bert, t5.MODEL_TYPE: t5.import_t5,
-}
-EXPORTERS: dict[str, Callable[..., None]] = {
-    gpt2.MODEL_TYPE: gpt2.export_gpt2, bert.MODEL_TYPE: bert.export_bert, t5.MODEL_TYPE: t5.export_t5,
-}
+
+@dataclasses.dataclass(frozen=True)
+class HfConverter:
+    """One Hugging Face ``model_type`` and the model family it converts to and from.
+
+    Attributes:
+      model_type: ``config.json``'s ``model_type``.
+      family: Name of the `llmos_jax.models.families.ModelFamily` it maps to.
+      import_model: ``(directory, **overrides) -> model``.
+      export_model: ``(model, directory, *, extra_config) -> None``.
+    """
+
+    model_type: str
+    family: str
+    import_model: Callable[..., nnx.Module]
+    export_model: Callable[..., None]
+
+
+CONVERTERS: dict[str, HfConverter] = {c.model_type: c for c in (
+    HfConverter(gpt2.MODEL_TYPE, families.DECODER.name, gpt2.import_gpt2, gpt2.export_gpt2),
+    HfConverter(bert.MODEL_TYPE, families.BERT.name, bert.import_bert, bert.export_bert),
+    HfConverter(t5.MODEL_TYPE, families.T5.name, t5.import_t5, t5.export_t5),
+)}
 
 
 def supported_model_types() -> tuple[str, ...]:
-    """The ``model_type`` values that can be imported."""
-    return tuple(sorted(IMPORTERS))
+    """The ``model_type`` values that can be imported and exported."""
+    return tuple(sorted(CONVERTERS))
 
 
 def import_hf_model(directory: str | os.PathLike, **overrides: Any) -> nnx.Module:
@@ -38,20 +60,47 @@ def import_hf_model(directory: str | os.PathLike, **overrides: Any) -> nnx.Modul
         ``scan_layers=False``), passed to the family's importer.
     """
     model_type = hf_checkpoint.read_config(directory).get("model_type")
-    if model_type not in IMPORTERS:
+    if model_type not in CONVERTERS:
         raise UserError(
             f"{os.path.join(directory, hf_checkpoint.CONFIG_FILE)} has model_type={model_type!r}, "
             f"which cannot be imported; supported model types: {', '.join(supported_model_types())}."
         )
-    return IMPORTERS[model_type](directory, **overrides)
+    return CONVERTERS[model_type].import_model(directory, **overrides)
 
 
-def export_hf_model(model: nnx.Module, directory: str | os.PathLike, *, model_type: str,
+def export_hf_model(model: nnx.Module, directory: str | os.PathLike, *,
+                    model_type: str | None = None,
                     extra_config: Mapping[str, Any] | None = None) -> None:
-    """Writes `model` as a Hugging Face directory of the given ``model_type``."""
-    if model_type not in EXPORTERS:
+    """Writes `model` as a Hugging Face directory of ``model_type``.
+
+    Args:
+      model: The model to write.
+      directory: Created if absent; config.json and the weights are overwritten.
+      model_type: The Hugging Face ``model_type``; None: the one converter of
+        the model's family.
+      extra_config: Fields added to config.json last (e.g. tokenizer ids).
+
+    Raises:
+      UserError: an unsupported ``model_type``, or one of another family than the model's.
+    """
+    family = families.family_of(model)
+    own = [c.model_type for c in CONVERTERS.values() if c.family == family.name]
+    if model_type is None:
+        if len(own) != 1:
+            raise UserError(
+                f"{type(model).__name__} is of model family {family.name!r}, which has "
+                f"{len(own)} Hugging Face converters ({', '.join(own) or 'none'}); pass "
+                f"model_type= one of: {', '.join(supported_model_types())}.")
+        model_type = own[0]
+    if model_type not in CONVERTERS:
         raise UserError(
             f"model_type={model_type!r} cannot be exported; supported model types: "
-            f"{', '.join(sorted(EXPORTERS))}."
+            f"{', '.join(supported_model_types())}."
         )
-    EXPORTERS[model_type](model, directory, extra_config=extra_config)
+    converter = CONVERTERS[model_type]
+    if converter.family != family.name:
+        raise UserError(
+            f"model_type={model_type!r} exports model family {converter.family!r}, but "
+            f"{type(model).__name__} is of family {family.name!r}; pass the model_type of its "
+            f"family ({', '.join(own) or 'none'}).")
+    converter.export_model(model, directory, extra_config=extra_config)

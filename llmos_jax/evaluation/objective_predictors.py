@@ -1,18 +1,24 @@
-"""The evaluator's model functions for a trained model, chosen by the objective that trained it.
+"""The evaluator's model functions for a trained model, chosen by what its objective predicts.
 
 `llmos eval` and the evaluation inside training (`train.evaluator`) both
 turn a model and its parameters into the `predict_fn`/`score_fn` that
-`llmos_jax.evaluation.evaluator.evaluate` feeds a task's metric functions:
+`llmos_jax.evaluation.evaluator.evaluate` feeds a task's metric functions.
+Each objective declares what it predicts (`Objective.predicts`); this is the
+one table from that to predictors:
 
-==========================  ==========================================================
-objective                   what the model gives the metrics
-==========================  ==========================================================
-SequenceClassification      the argmax label (`predictors.sequence_classifier`)
-TokenClassification         one tag per word (`predictors.token_classifier`)
-Seq2Seq, CausalLm           generated text (`DecodeConfig`) and target scores
-==========================  ==========================================================
+========================  ===========================  ==========================================
+`predicts`                objectives                   what the model gives the metrics
+========================  ===========================  ==========================================
+PREDICTS_SEQUENCE_LABEL   SequenceClassification       the argmax label (`sequence_classifier`)
+PREDICTS_TOKEN_LABELS     TokenClassification          one tag per word (`token_classifier`)
+PREDICTS_TEXT             Seq2Seq, CausalLm            generated text (`DecodeConfig`) and
+                                                       target scores
+========================  ===========================  ==========================================
 
-The evaluator calls only the functions the task's metrics need.
+Text predictors decode and score through `llmos_jax.inference`, which
+dispatches on the model's family (`llmos_jax.models.families`), so a newly
+registered family is evaluated with no edit here. The evaluator calls only
+the functions the task's metrics need.
 """
 
 from __future__ import annotations
@@ -27,13 +33,14 @@ from jax.sharding import Mesh
 from llmos_jax.errors import UserError
 from llmos_jax.evaluation import predictors
 from llmos_jax.inference.decode_config import DecodeConfig
+from llmos_jax.objectives import Objective
+from llmos_jax.objectives.base import (PREDICTS_SEQUENCE_LABEL, PREDICTS_TEXT,
+                                       PREDICTS_TOKEN_LABELS)
 from llmos_jax.partitioning import data_parallel_size
-from llmos_jax.objectives import (CausalLm, Objective, Seq2Seq, SequenceClassification,
-                                           TokenClassification)
 
-_CLASSIFIERS = {SequenceClassification: predictors.sequence_classifier,
-                TokenClassification: predictors.token_classifier}
-_GENERATORS = (CausalLm, Seq2Seq)
+_CLASSIFIERS = {PREDICTS_SEQUENCE_LABEL: predictors.sequence_classifier,
+                PREDICTS_TOKEN_LABELS: predictors.token_classifier}
+_SERVED = (*_CLASSIFIERS, PREDICTS_TEXT)
 
 
 def check_objective(objective: Objective, *, caller: str = "llmos eval") -> None:
@@ -43,10 +50,11 @@ def check_objective(objective: Objective, *, caller: str = "llmos eval") -> None
       objective: `train.objective`.
       caller: Who evaluates, for the message (`llmos eval`, `train.evaluator`).
     """
-    if not isinstance(objective, (*_CLASSIFIERS, *_GENERATORS)):
+    if getattr(objective, "predicts", None) not in _SERVED:
         raise UserError(f"{caller} has no predictor for train.objective="
                         f"{type(objective).__name__}; it evaluates SequenceClassification, "
-                        "TokenClassification, Seq2Seq and CausalLm runs.")
+                        "TokenClassification, Seq2Seq and CausalLm runs (objectives whose "
+                        f"`predicts` is one of {', '.join(_SERVED)}).")
 
 
 def feature_lengths(sequence_length: int | Mapping[str, int],
@@ -92,13 +100,13 @@ def model_functions(objective: Objective, model: nnx.Module, params: Any, *,
         features the classifier reads.
     """
     check_objective(objective, caller=caller)
-    for objective_type, factory in _CLASSIFIERS.items():
-        if isinstance(objective, objective_type):
-            if "input_ids" not in lengths:
-                raise UserError(f"train.objective={type(objective).__name__} reads 'input_ids', "
-                                f"which task {provider.name!r} does not have; set {task_setting}.")
-            return {"predict_fn": factory(model, params, sequence_length=lengths["input_ids"],
-                                          batch_size=batch_size)}
+    factory = _CLASSIFIERS.get(objective.predicts)
+    if factory is not None:
+        if "input_ids" not in lengths:
+            raise UserError(f"train.objective={type(objective).__name__} reads 'input_ids', "
+                            f"which task {provider.name!r} does not have; set {task_setting}.")
+        return {"predict_fn": factory(model, params, sequence_length=lengths["input_ids"],
+                                      batch_size=batch_size)}
     vocabulary = provider.output_features["targets"].vocabulary
     if decode_config is None:
         decode_config = DecodeConfig(eos_id=vocabulary.eos_id)

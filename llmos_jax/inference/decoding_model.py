@@ -1,4 +1,4 @@
-"""Prefill and one-token steps for each model family, behind one small interface.
+"""Prefill and one-token steps for each architecture kind, behind one small interface.
 
 The decoding loops (greedy/sampling and beam search) only call `prefill`
 once and `step` per token; this module knows how a decoder-only model
@@ -6,20 +6,26 @@ once and `step` per token; this module knows how a decoder-only model
 once, cross-attention keys and values cached) do those. It also unstacks
 scanned layer parameters once, before the loop, so every step reads each
 layer's weights in place.
+
+Which adapter a model gets is decided by its family's `ArchitectureKind`
+(`llmos_jax.models.families`), in the one table `ADAPTERS`: any registered
+family of a kind decodes with that kind's adapter, with no edit here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llmos_jax.errors import UserError
 from llmos_jax.inference.kv_cache import KVCache, empty_cache
-from llmos_jax.models import DecoderLM, EncoderDecoderLM
+from llmos_jax.models.families import ArchitectureKind, family_of
 
 Params = Any
 
@@ -40,14 +46,17 @@ class DecodingModel(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class DecoderOnly:
-    """A `DecoderLM` decoding left-padded prompts: all rows write the same slot.
+    """A decoder-kind model (`DecoderLM`) decoding left-padded prompts: all rows write one slot.
+
+    The model provides `extend(tokens, positions=, keys=, values=,
+    write_index=, key_valid=)`, `logits(hidden)`, `config` and `shard`.
 
     A row's position at slot s is s minus its padding, so learned positions
     and RoPE see 0, 1, 2, ... from the row's first real token (as
     Hugging Face derives `position_ids` from the attention mask).
     """
 
-    model: DecoderLM
+    model: nnx.Module
 
     @property
     def vocab_size(self) -> int:
@@ -79,13 +88,13 @@ class DecoderOnly:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoder:
-    """An `EncoderDecoderLM`: the prompt is the (right-padded) encoder input.
+    """An encoder-decoder-kind model (`EncoderDecoderLM`): the prompt is the encoder input.
 
-    Prefill encodes it, computes every layer's cross-attention keys and
+    Prefill encodes the (right-padded) prompt, computes every layer's cross-attention keys and
     values, and runs the decoder start token at slot 0.
     """
 
-    model: EncoderDecoderLM
+    model: nnx.Module
     decoder_start_id: int
 
     @property
@@ -114,8 +123,35 @@ class EncoderDecoder:
         return logits, dataclasses.replace(cache, keys=keys, values=values)
 
 
+# How each architecture kind decodes: (model, decoder_start_id) -> adapter.
+ADAPTERS: dict[ArchitectureKind, Callable[[nnx.Module, int], DecodingModel]] = {
+    ArchitectureKind.DECODER: lambda model, decoder_start_id: DecoderOnly(model),
+    ArchitectureKind.ENCODER_DECODER: EncoderDecoder,
+}
+
+
+def require_generation(model: nnx.Module) -> None:
+    """Refuses, before any work, a model whose family's kind has no decoding adapter.
+
+    Raises:
+      UserError: the family's kind cannot generate (encoders), or no family is registered.
+    """
+    family = family_of(model)
+    if family.kind not in ADAPTERS:
+        raise UserError(f"{type(model).__name__} (model family {family.name!r}, a "
+                        f"{family.kind.value}) cannot generate text; decode a decoder or "
+                        "encoder-decoder model.")
+
+
+def decoding_adapter(model: nnx.Module, decoder_start_id: int) -> DecodingModel:
+    """The `DecodingModel` for `model`, chosen by its family's architecture kind."""
+    require_generation(model)
+    return ADAPTERS[family_of(model).kind](model, decoder_start_id)
+
+
 def is_encoder_decoder(model: nnx.Module) -> bool:
-    return isinstance(model, EncoderDecoderLM)
+    """Whether `model`'s family reads its prompt as an encoder input."""
+    return family_of(model).kind is ArchitectureKind.ENCODER_DECODER
 
 
 @functools.lru_cache(maxsize=32)

@@ -29,9 +29,9 @@ from llmos_jax.inference.beam_search import beam_decode
 from llmos_jax.inference.completions import Completion, RequestResult
 from llmos_jax.inference.decode_config import DecodeConfig
 from llmos_jax.inference.decoding_model import (
-    DecoderOnly,
-    EncoderDecoder,
+    decoding_adapter,
     is_encoder_decoder,
+    require_generation,
     unstack_params,
     unstacked_structure,
 )
@@ -72,6 +72,7 @@ def generate(model: nnx.Module, params: Any, prompts: Sequence[Prompt], config: 
       UserError: For settings the model cannot satisfy (e.g. more beams than
         vocabulary entries). Per-request problems are reported in the results.
     """
+    require_generation(model)
     model_config = model.config
     config.check_vocab(model_config.vocab_size)
     if seeds is not None and len(seeds) != len(prompts):
@@ -248,8 +249,7 @@ def _compiled(graphdef: nnx.GraphDef, config: DecodeConfig, num_steps: int):
 
     def run(params, prefix, prefix_valid, prompt, prompt_valid, budgets, seeds, sample_index):
         model = nnx.merge(graphdef, params)
-        adapter = (EncoderDecoder(model, config.decoder_start_id)
-                   if is_encoder_decoder(model) else DecoderOnly(model))
+        adapter = decoding_adapter(model, config.decoder_start_id)
         if config.method == "beam":
             out = beam_decode(adapter, prefix, prefix_valid, prompt, prompt_valid, budgets,
                               config, num_steps)

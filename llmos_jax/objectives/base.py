@@ -28,10 +28,17 @@ from flax import nnx
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
 from llmos_jax.models.config import TransformerConfig
+from llmos_jax.models.families import (ArchitectureKind, ModelFamily, families_of_kind,
+                                       family_for_config)
 from llmos_jax.objectives.loss import cross_entropy_sums
 
 Batch = Mapping[str, jax.Array]
 Sums = dict[str, jax.Array]
+
+# What an objective's model gives evaluation (`Objective.predicts`):
+PREDICTS_TEXT = "text"                      # generated text and target scores
+PREDICTS_SEQUENCE_LABEL = "sequence_label"  # one class per example
+PREDICTS_TOKEN_LABELS = "token_labels"      # one tag per word
 
 
 @runtime_checkable
@@ -42,6 +49,10 @@ class Objective(Protocol):
       features: Batch keys the objective reads (others are ignored).
       generates_text: Whether the trained model can sample text (the trainer
         prints samples at the end only then).
+
+    Optionally, `predicts` (a class attribute: `PREDICTS_TEXT`,
+    `PREDICTS_SEQUENCE_LABEL` or `PREDICTS_TOKEN_LABELS`) says what evaluation
+    asks the trained model for; an objective without it is not evaluated.
     """
 
     features: tuple[str, ...]
@@ -92,14 +103,22 @@ def mean(numerator, denominator):
     return numerator / max(denominator, 1.0)
 
 
-def require_config(objective: str, config: TransformerConfig, expected: type,
-                   gin_name: str) -> None:
-    """Refuses a model config of the wrong family, naming the gin binding to change."""
-    if not isinstance(config, expected):
+def model_family(objective: str, config: TransformerConfig,
+                 kind: ArchitectureKind) -> ModelFamily:
+    """The registered family of `config`, refused unless it is of the `kind` the objective trains.
+
+    The message names the gin binding to change and the config classes that would do.
+    """
+    family = family_for_config(config)
+    if family.kind is not kind:
+        wanted = " or ".join(f"@{f.config_class.__name__}()" for f in families_of_kind(kind))
+        wanted = wanted or "(no such family registered)"
         raise UserError(
-            f"train.objective={objective} needs train.model_config = @{gin_name}() (a "
-            f"{expected.__name__}), got {type(config).__name__}; include a matching model gin "
-            "file (gin/models/).")
+            f"train.objective={objective} needs train.model_config = {wanted} "
+            f"(a {kind.value} family's config), got {type(config).__name__} (model family "
+            f"{family.name!r}, a {family.kind.value}); include a matching model gin file "
+            "(gin/models/).")
+    return family
 
 
 def check_batch_features(objective: Objective, keys) -> None:

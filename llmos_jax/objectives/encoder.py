@@ -16,7 +16,7 @@ encoder's `segment_ids` are 1 on real tokens) and optionally
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +25,11 @@ from flax import nnx
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
 from llmos_jax.models.config import TransformerConfig
-from llmos_jax.models.encoder import EncoderConfig
-from llmos_jax.models.heads import (EncoderForPreTraining, EncoderForSequenceClassification,
-                                    EncoderForTokenClassification)
-from llmos_jax.objectives.base import (Batch, Sums, mean, padding_segments,
-                                                prefixed_cross_entropy, real_rows,
-                                                require_config)
+from llmos_jax.models.families import (PRETRAINING, SEQUENCE_CLASSIFICATION,
+                                       TOKEN_CLASSIFICATION, ArchitectureKind)
+from llmos_jax.objectives.base import (PREDICTS_SEQUENCE_LABEL, PREDICTS_TOKEN_LABELS, Batch,
+                                       Sums, mean, model_family, padding_segments,
+                                       prefixed_cross_entropy, real_rows)
 
 INPUT_IDS = "input_ids"
 TOKEN_TYPES = "token_type_ids"
@@ -40,6 +39,12 @@ def _encoder_inputs(batch: Batch) -> tuple[jax.Array, dict[str, Any]]:
     tokens = batch[INPUT_IDS]
     return tokens, {"token_type_ids": batch.get(TOKEN_TYPES),
                     "segment_ids": padding_segments(tokens)}
+
+
+def _encoder_head(objective: str, config: TransformerConfig, task: str) -> type[nnx.Module]:
+    """The `task` model of `config`'s encoder family (e.g. BERT's `EncoderFor...` heads)."""
+    family = model_family(objective, config, ArchitectureKind.ENCODER)
+    return family.head(task, caller=f"train.objective={objective}")
 
 
 def _check_classes(objective: str, num_classes: int) -> None:
@@ -61,11 +66,11 @@ class BertPretraining:
     generates_text: bool = False
 
     def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
-                    shard: axes.ActivationSharder) -> EncoderForPreTraining:
-        require_config("BertPretraining", config, EncoderConfig, "EncoderConfig")
-        return EncoderForPreTraining(config, rngs=rngs, shard=shard)
+                    shard: axes.ActivationSharder) -> nnx.Module:
+        head = _encoder_head("BertPretraining", config, PRETRAINING)
+        return head(config, rngs=rngs, shard=shard)
 
-    def sums(self, model: EncoderForPreTraining, batch: Batch, *, dropout_key,
+    def sums(self, model: nnx.Module, batch: Batch, *, dropout_key,
              z_loss: float) -> Sums:
         tokens, inputs = _encoder_inputs(batch)
         mlm_logits, nsp_logits = model(tokens, dropout_key=dropout_key, **inputs)
@@ -128,15 +133,15 @@ class SequenceClassification(_SingleTermClassifier):
     pooling: str = "cls"
     features: tuple[str, ...] = (INPUT_IDS, "label")
     generates_text: bool = False
+    predicts: ClassVar[str] = PREDICTS_SEQUENCE_LABEL
 
     def __post_init__(self) -> None:
         _check_classes("SequenceClassification", self.num_classes)
 
     def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
-                    shard: axes.ActivationSharder) -> EncoderForSequenceClassification:
-        require_config("SequenceClassification", config, EncoderConfig, "EncoderConfig")
-        return EncoderForSequenceClassification(config, self.num_classes, rngs=rngs,
-                                                pooling=self.pooling, shard=shard)
+                    shard: axes.ActivationSharder) -> nnx.Module:
+        head = _encoder_head("SequenceClassification", config, SEQUENCE_CLASSIFICATION)
+        return head(config, self.num_classes, rngs=rngs, pooling=self.pooling, shard=shard)
 
     def sums(self, model, batch: Batch, *, dropout_key, z_loss: float) -> Sums:
         tokens, inputs = _encoder_inputs(batch)
@@ -162,15 +167,16 @@ class TokenClassification(_SingleTermClassifier):
     num_classes: int = 2
     features: tuple[str, ...] = (INPUT_IDS, "labels", "label_weights")
     generates_text: bool = False
+    predicts: ClassVar[str] = PREDICTS_TOKEN_LABELS
     count_name = "tokens"
 
     def __post_init__(self) -> None:
         _check_classes("TokenClassification", self.num_classes)
 
     def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
-                    shard: axes.ActivationSharder) -> EncoderForTokenClassification:
-        require_config("TokenClassification", config, EncoderConfig, "EncoderConfig")
-        return EncoderForTokenClassification(config, self.num_classes, rngs=rngs, shard=shard)
+                    shard: axes.ActivationSharder) -> nnx.Module:
+        head = _encoder_head("TokenClassification", config, TOKEN_CLASSIFICATION)
+        return head(config, self.num_classes, rngs=rngs, shard=shard)
 
     def sums(self, model, batch: Batch, *, dropout_key, z_loss: float) -> Sums:
         tokens, inputs = _encoder_inputs(batch)

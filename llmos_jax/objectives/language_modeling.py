@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -19,16 +19,16 @@ from flax import nnx
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
 from llmos_jax.models.config import TransformerConfig
-from llmos_jax.models.decoder import DecoderLM
-from llmos_jax.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderLM
-from llmos_jax.objectives.loss import cross_entropy_sums
+from llmos_jax.models.families import ArchitectureKind
 from llmos_jax.objectives.base import (
+    PREDICTS_TEXT,
     Batch,
     Sums,
     mean,
+    model_family,
     padding_segments,
-    require_config,
 )
+from llmos_jax.objectives.loss import cross_entropy_sums
 
 INPUTS = "decoder_input_tokens"
 TARGETS = "decoder_target_tokens"
@@ -79,17 +79,19 @@ class _TokenLoss:
 
 @dataclasses.dataclass(frozen=True)
 class CausalLm(_TokenLoss):
-    """A decoder-only LM (`DecoderLM`): predict each next token."""
+    """A decoder-only LM (a decoder family's model, e.g. `DecoderLM`): predict each next token."""
 
     features: tuple[str, ...] = (INPUTS, TARGETS, WEIGHTS)
     generates_text: bool = True
     label_smoothing: float = 0.0
+    predicts: ClassVar[str] = PREDICTS_TEXT
 
     def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
-                    shard: axes.ActivationSharder) -> DecoderLM:
-        return DecoderLM(config, rngs=rngs, shard=shard)
+                    shard: axes.ActivationSharder) -> nnx.Module:
+        family = model_family("CausalLm", config, ArchitectureKind.DECODER)
+        return family.build(config, rngs=rngs, shard=shard)
 
-    def sums(self, model: DecoderLM, batch: Batch, *, dropout_key, z_loss: float) -> Sums:
+    def sums(self, model: nnx.Module, batch: Batch, *, dropout_key, z_loss: float) -> Sums:
         logits = model(batch[INPUTS], positions=batch.get(POSITIONS),
                        segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
         return self._sums(logits, batch, z_loss)
@@ -97,7 +99,7 @@ class CausalLm(_TokenLoss):
 
 @dataclasses.dataclass(frozen=True)
 class Seq2Seq(_TokenLoss):
-    """An encoder-decoder LM (`EncoderDecoderLM`, T5): span corruption or seq2seq fine-tuning.
+    """An encoder-decoder LM (e.g. `EncoderDecoderLM`, T5): span corruption or seq2seq fine-tuning.
 
     Unpacked batches carry no `encoder_segment_ids`; padding (id 0) of the
     encoder input is then masked from id 0 itself. The decoder needs no mask
@@ -107,13 +109,14 @@ class Seq2Seq(_TokenLoss):
     features: tuple[str, ...] = (ENCODER_INPUTS, INPUTS, TARGETS, WEIGHTS)
     generates_text: bool = False
     label_smoothing: float = 0.0
+    predicts: ClassVar[str] = PREDICTS_TEXT
 
     def build_model(self, config: TransformerConfig, *, rngs: nnx.Rngs,
-                    shard: axes.ActivationSharder) -> EncoderDecoderLM:
-        require_config("Seq2Seq", config, EncoderDecoderConfig, "EncoderDecoderConfig")
-        return EncoderDecoderLM(config, rngs=rngs, shard=shard)
+                    shard: axes.ActivationSharder) -> nnx.Module:
+        family = model_family("Seq2Seq", config, ArchitectureKind.ENCODER_DECODER)
+        return family.build(config, rngs=rngs, shard=shard)
 
-    def sums(self, model: EncoderDecoderLM, batch: Batch, *, dropout_key,
+    def sums(self, model: nnx.Module, batch: Batch, *, dropout_key,
              z_loss: float) -> Sums:
         encoder_tokens = batch[ENCODER_INPUTS]
         encoder_segments = batch.get(ENCODER_SEGMENTS)

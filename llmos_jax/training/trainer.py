@@ -35,7 +35,8 @@ from llmos_jax.inference.preview_sampler import sample_tokens
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.encoder import EncoderConfig
 from llmos_jax.models.encoder_decoder import EncoderDecoderConfig
-from llmos_jax.monitoring.flops import decoder_training_flops_per_token, mfu
+from llmos_jax.models.families import family_for_config
+from llmos_jax.monitoring.flops import mfu
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
 from llmos_jax.monitoring.peak_flops import peak_flops_per_device
 from llmos_jax.monitoring.progress import TrainProgress
@@ -362,15 +363,17 @@ def _warm_start(state: TrainState, init_from: warm_start.InitFrom, tx, shardings
 
 def _flops_per_token(objective: Objective, config: TransformerConfig,
                      sequence_length: int) -> tuple[float | None, float]:
-    """Model FLOPs per token and the run's peak; MFU is defined for decoder LMs only."""
-    if not isinstance(objective, CausalLm):
-        log.info("MFU is reported for decoder-only models (CausalLm) only; %s runs log "
-                 "tokens/s without it", type(objective).__name__)
+    """Model FLOPs per token (the model family's formula) and the run's peak.
+
+    Families without a formula (today the encoder and encoder-decoder ones)
+    log tokens/s without MFU.
+    """
+    family = family_for_config(config)
+    flops = family.flops_per_token(config, sequence_length)
+    if flops is None:
+        log.info("MFU is reported for model families with a FLOPs formula only; %s runs of "
+                 "family %r log tokens/s without it", type(objective).__name__, family.name)
         return None, 0.0
-    flops = decoder_training_flops_per_token(
-        num_layers=config.num_layers, embed_dim=config.embed_dim, num_heads=config.num_heads,
-        num_kv_heads=config.num_kv_heads, head_dim=config.head_dim, mlp_dim=config.mlp_dim,
-        vocab_size=config.vocab_size, seq_len=sequence_length, gated_mlp=config.gated_mlp)
     peak, peak_source = _run_peak_flops(config.compute_dtype)
     log.info("MFU denominator: %.3g FLOP/s (%s)", peak, peak_source)
     return flops, peak
