@@ -22,7 +22,7 @@ def fresh_gin():
 
 def test_train_bindings_build_the_config():
     gin.parse_config([
-        "TransformerConfig.vocab_size = 64", "TransformerConfig.max_len = 64",
+        "TransformerConfig.vocab_size = 64", "TransformerConfig.max_len = 128",
         "train.model_config = @TransformerConfig()", "train.task_name = 'some_task'",
         "train.num_steps = 7", "train.sample_prompts = ['a', 'b']",
         "train.axis_rules = [('embed', None), ('batch', ['data', 'fsdp'])]",
@@ -32,7 +32,7 @@ def test_train_bindings_build_the_config():
     config = TrainConfig.from_gin()
     assert isinstance(config, TrainConfig)
     assert (config.num_steps, config.log_every, config.task_name) == (7, 3, "some_task")
-    assert config.model_config.max_len == 64
+    assert config.model_config.max_len == 128
     # Gin's lists become immutable values; the rules become the rule tuple.
     assert config.sample_prompts == ("a", "b")
     assert config.axis_rules == (("embed", None), ("batch", ("data", "fsdp")))
@@ -80,7 +80,7 @@ def test_unbound_model_config_is_reported_from_gin():
 
 
 def test_config_is_frozen():
-    config = TrainConfig(model_config=MODEL)
+    config = TrainConfig(model_config=MODEL, sequence_length=16)
     with pytest.raises(AttributeError):
         config.num_steps = 3
 
