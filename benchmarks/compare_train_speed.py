@@ -96,8 +96,7 @@ def build_jax(setup: Setup, jax_overrides: dict, *, donate: bool = True, dropout
     import numpy as np
 
     from llmos_jax.models import DecoderLM, TransformerConfig
-    from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
-                                        host_local_to_global)
+    from llmos_jax.partitioning import DEFAULT_RULES, Layout, MeshConfig, build_mesh
     from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
     from llmos_jax.training.train_state import init_train_state, state_shardings
     from llmos_jax.objectives.model_building import model_spec
@@ -112,31 +111,27 @@ def build_jax(setup: Setup, jax_overrides: dict, *, donate: bool = True, dropout
     fields.update(jax_overrides)
     config = TransformerConfig(**fields)
     mesh = build_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
-    rules = DEFAULT_RULES
-    spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=LogicalSharder(mesh, rules)),
+    layout = Layout(mesh, DEFAULT_RULES)
+    spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=layout.activation_sharder),
                       0)
     tx = make_optimizer(name="adamw", learning_rate=setup.learning_rate, b1=setup.b1,
                         b2=setup.b2, eps=setup.eps, weight_decay=setup.weight_decay,
                         grad_clip_norm=setup.grad_clip)
-    shardings = state_shardings(spec, tx, mesh, rules)
+    shardings = state_shardings(spec, tx, layout)
     state = init_train_state(spec, tx, shardings)
     train_step = make_train_step(spec, tx, current_learning_rate,
-                                 StepConfig(use_dropout=config.dropout_rate > 0), mesh, rules)
-    step_fn = jit_train_step(train_step, shardings, [INPUTS, TARGETS, WEIGHTS], mesh, rules)
+                                 StepConfig(use_dropout=config.dropout_rate > 0), layout)
+    step_fn = jit_train_step(train_step, shardings, [INPUTS, TARGETS, WEIGHTS], layout)
     if not donate:
-        from jax.sharding import NamedSharding, PartitionSpec
-
-        from llmos_jax.partitioning.global_batch import batch_sharding
         step_fn = jax.jit(
             train_step,
-            in_shardings=(shardings, {k: batch_sharding(mesh, rules, 2)
-                                      for k in (INPUTS, TARGETS, WEIGHTS)}),
-            out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())))
+            in_shardings=(shardings, layout.batch_shardings([INPUTS, TARGETS, WEIGHTS])),
+            out_shardings=(shardings, layout.replicated))
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, setup.vocab, (setup.batch, setup.context + 1), dtype=np.int32)
-    batch = host_local_to_global(
+    batch = layout.global_batch(
         {INPUTS: tokens[:, :-1], TARGETS: tokens[:, 1:],
-         WEIGHTS: np.ones((setup.batch, setup.context), np.float32)}, mesh, rules)
+         WEIGHTS: np.ones((setup.batch, setup.context), np.float32)})
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     holder = {"state": state}
 

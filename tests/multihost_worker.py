@@ -42,10 +42,9 @@ def train_losses(data, devices=None) -> list[float]:
     from llmos_jax.models import DecoderLM, TransformerConfig
     from llmos_jax.partitioning import (
         DEFAULT_RULES,
-        LogicalSharder,
+        Layout,
         MeshConfig,
         build_mesh,
-        host_local_to_global,
     )
     from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
     from llmos_jax.training.train_state import init_train_state, state_shardings
@@ -61,18 +60,18 @@ def train_losses(data, devices=None) -> list[float]:
                                max_len=SEQUENCE_LENGTH)
     mesh = build_mesh(MeshConfig(data=2, fsdp=-1, tensor=1), devices)
     assert mesh.size == 4, mesh
-    rules = DEFAULT_RULES
-    spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=LogicalSharder(mesh, rules)),
+    layout = Layout(mesh, DEFAULT_RULES)
+    spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=layout.activation_sharder),
                       0)
     tx = make_optimizer(name="adamw", learning_rate=1e-2)
-    shardings = state_shardings(spec, tx, mesh, rules)
+    shardings = state_shardings(spec, tx, layout)
     state = init_train_state(spec, tx, shardings)
     keys = list(data.batch_at(0))
-    step = jit_train_step(make_train_step(spec, tx, current_learning_rate, StepConfig(), mesh,
-                                          rules), shardings, keys, mesh, rules)
+    step = jit_train_step(make_train_step(spec, tx, current_learning_rate, StepConfig(),
+                                          layout), shardings, keys, layout)
     losses = []
     for i in range(STEPS):
-        state, metrics = step(state, host_local_to_global(data.batch_at(i), mesh, rules))
+        state, metrics = step(state, layout.global_batch(data.batch_at(i)))
         losses.append(float(metrics["loss"]))
     return losses
 

@@ -11,12 +11,12 @@ from jax.sharding import PartitionSpec as P
 
 from llmos_jax.errors import UserError
 from llmos_jax.models import DecoderLM, TransformerConfig, llama_style_config
-from llmos_jax.partitioning import (DEFAULT_RULES, MESH_AXES, MeshConfig, build_mesh,
+from llmos_jax.partitioning import (DEFAULT_RULES, MESH_AXES, Layout, MeshConfig, build_mesh,
                                     check_global_batch_size, data_parallel_size,
-                                    host_local_to_global, logical_to_mesh_spec)
+                                    logical_to_mesh_spec)
 from llmos_jax.training.optimizers import make_optimizer
 from llmos_jax.training.train_state import state_shardings
-from llmos_jax.objectives.model_building import model_spec, param_shardings
+from llmos_jax.objectives.model_building import model_spec
 
 
 def mesh_of(data, fsdp, tensor):
@@ -226,7 +226,7 @@ def spec_for(name: str):
 def test_param_sharding_golden_table(name, mesh_shape):
     """Every parameter's PartitionSpec, written out, for scanned GPT-2 and Llama configs."""
     mesh = mesh_of(*mesh_shape)
-    specs = flat_specs(param_shardings(spec_for(name), mesh, DEFAULT_RULES))
+    specs = flat_specs(Layout(mesh, DEFAULT_RULES).param_shardings(spec_for(name)))
     assert specs == GOLDEN[(name, mesh_shape)]
 
 
@@ -235,7 +235,7 @@ def test_adamw_moments_are_sharded_like_params(name, mesh_shape):
     """AdamW's mu and nu (inside make_optimizer's chain) take their parameter's sharding."""
     mesh = mesh_of(*mesh_shape)
     spec = spec_for(name)
-    shardings = state_shardings(spec, make_optimizer(), mesh, DEFAULT_RULES)
+    shardings = state_shardings(spec, make_optimizer(), Layout(mesh, DEFAULT_RULES))
     assert flat_specs(shardings.params) == GOLDEN[(name, mesh_shape)]
     for moment in ("mu", "nu"):
         assert flat_specs(optax.tree_utils.tree_get(shardings.opt_state, moment)) == \
@@ -252,7 +252,7 @@ def test_adafactor_factored_moments_get_valid_shardings():
     mesh = mesh_of(2, 2, 2)
     spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs), 0)
     tx = make_optimizer(name="adafactor")
-    shardings = state_shardings(spec, tx, mesh, DEFAULT_RULES)
+    shardings = state_shardings(spec, tx, Layout(mesh, DEFAULT_RULES))
     params = jax.device_put(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                                          spec.abstract_params), shardings.params)
     opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
@@ -294,7 +294,7 @@ def test_host_local_to_global_shards_rows_over_data_and_fsdp():
     mesh = mesh_of(2, 2, 2)
     local = {"tokens": np.arange(8 * 5, dtype=np.int32).reshape(8, 5),
              "weights": np.linspace(0, 1, 8 * 5, dtype=np.float32).reshape(8, 5)}
-    batch = host_local_to_global(local, mesh, DEFAULT_RULES)
+    batch = Layout(mesh, DEFAULT_RULES).global_batch(local)
     assert set(batch) == set(local)
     for name, array in batch.items():
         assert isinstance(array, jax.Array)

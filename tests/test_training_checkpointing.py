@@ -11,12 +11,12 @@ import pytest
 
 from llmos_jax.errors import UserError
 from llmos_jax.models import DecoderLM, TransformerConfig
-from llmos_jax.partitioning import DEFAULT_RULES, MeshConfig, build_mesh
+from llmos_jax.partitioning import DEFAULT_RULES, Layout, MeshConfig, build_mesh
 from llmos_jax.checkpoints.checkpointer import (Checkpointer, check_writable, export_params,
                                               load_exported_params, numpy_tree)
 from llmos_jax.training.optimizers import make_optimizer
 from llmos_jax.training.train_state import abstract_train_state, state_shardings
-from llmos_jax.objectives.model_building import model_spec, param_shardings
+from llmos_jax.objectives.model_building import model_spec
 
 
 def config(embed_dim=32, scan_layers=True):
@@ -33,7 +33,7 @@ def setup(shape, embed_dim=32, scan_layers=True):
     cfg = config(embed_dim, scan_layers)
     spec = model_spec(lambda rngs: DecoderLM(cfg, rngs=rngs), 0)
     tx = make_optimizer()
-    return mesh, spec, tx, state_shardings(spec, tx, mesh, DEFAULT_RULES)
+    return mesh, spec, tx, state_shardings(spec, tx, Layout(mesh, DEFAULT_RULES))
 
 
 @functools.cache
@@ -174,7 +174,7 @@ def test_export_and_load_params(tmp_path):
     assert_trees_equal(loaded, state.params)
 
     mesh, spec, _, _ = setup((1, 8, 1))
-    shardings = param_shardings(spec, mesh, DEFAULT_RULES)
+    shardings = Layout(mesh, DEFAULT_RULES).param_shardings(spec)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           spec.abstract_params, shardings)
     resharded = load_exported_params(path, target)

@@ -12,8 +12,7 @@ import pytest
 
 from llmos_jax.errors import UserError
 from llmos_jax.models import EncoderConfig, EncoderDecoderConfig, TransformerConfig
-from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
-                                    host_local_to_global)
+from llmos_jax.partitioning import DEFAULT_RULES, Layout, LogicalSharder, MeshConfig, build_mesh
 from llmos_jax.objectives import (BertPretraining, Seq2Seq, SequenceClassification,
                                            TokenClassification, check_batch_features)
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
@@ -43,7 +42,7 @@ def setup(objective, config, *, learning_rate=1e-2, seed=0, mesh_config=DATA_FSD
         config, rngs=rngs, shard=LogicalSharder(mesh, DEFAULT_RULES)), seed)
     tx = make_optimizer(name="adamw", learning_rate=learning_rate, weight_decay=0.0,
                         grad_clip_norm=1.0)
-    shardings = state_shardings(spec, tx, mesh, DEFAULT_RULES)
+    shardings = state_shardings(spec, tx, Layout(mesh, DEFAULT_RULES))
     return mesh, spec, tx, shardings
 
 
@@ -54,10 +53,11 @@ def train(objective, config, batch, steps, *, microbatches=1, learning_rate=1e-2
     ranks = {key: value.ndim for key, value in batch.items()}
     step_fn = jit_train_step(
         make_train_step(spec, tx, current_learning_rate,
-                        StepConfig(microbatches=microbatches, use_dropout=False), mesh,
-                        DEFAULT_RULES, objective), shardings, ranks, mesh, DEFAULT_RULES)
+                        StepConfig(microbatches=microbatches, use_dropout=False),
+                        Layout(mesh, DEFAULT_RULES), objective), shardings, ranks,
+        Layout(mesh, DEFAULT_RULES))
     state = init_train_state(spec, tx, shardings)
-    device_batch = host_local_to_global(batch, mesh, DEFAULT_RULES)
+    device_batch = Layout(mesh, DEFAULT_RULES).global_batch(batch)
     history = []
     for _ in range(steps):
         state, metrics = step_fn(state, device_batch)
@@ -170,9 +170,9 @@ def test_eval_padding_rows_count_nowhere():
     mesh, spec, tx, shardings = setup(objective, ENCODER)
     params = init_train_state(spec, tx, shardings).params
     ranks = {k: v.ndim for k, v in batch.items()}
-    eval_step = jit_eval_step(make_eval_step(spec, objective), shardings.params, ranks, mesh,
-                              DEFAULT_RULES)
-    sums = jax.device_get(eval_step(params, host_local_to_global(padded, mesh, DEFAULT_RULES)))
+    eval_step = jit_eval_step(make_eval_step(spec, objective), shardings.params, ranks,
+                              Layout(mesh, DEFAULT_RULES))
+    sums = jax.device_get(eval_step(params, Layout(mesh, DEFAULT_RULES).global_batch(padded)))
     model = spec.merge(jax.device_get(params))
     expected = jax.device_get(objective.sums(model, head, dropout_key=None, z_loss=0.0))
     assert sums["weight"] == 10

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from llmos_jax.errors import UserError
-from llmos_jax.partitioning import DEFAULT_RULES, MeshConfig, build_mesh
+from llmos_jax.partitioning import DEFAULT_RULES, Layout, MeshConfig, build_mesh
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
 from llmos_jax.training.train_state import init_train_state, state_shardings
 from llmos_jax.objectives.model_building import model_spec
@@ -74,10 +74,11 @@ def test_grouped_state_shards_and_initialises_on_a_mesh():
     tx = make_optimizer(learning_rate=1e-3, frozen_patterns=["^encoder/token_embed"],
                         learning_rate_multipliers=[("^classifier/", 5.0)])
     mesh = build_mesh(MeshConfig(data=2, fsdp=4, tensor=1))
-    shardings = state_shardings(spec, tx, mesh, DEFAULT_RULES)
+    shardings = state_shardings(spec, tx, Layout(mesh, DEFAULT_RULES))
     state = init_train_state(spec, tx, shardings)
     assert jax.tree.structure(state.opt_state) == jax.tree.structure(shardings.opt_state)
     # Same optimizer-state layout as without groups: checkpoints stay interchangeable.
-    plain = state_shardings(spec, make_optimizer(learning_rate=1e-3), mesh, DEFAULT_RULES)
+    plain = state_shardings(spec, make_optimizer(learning_rate=1e-3),
+                            Layout(mesh, DEFAULT_RULES))
     assert (jax.tree.structure(plain.opt_state).num_leaves
             == jax.tree.structure(shardings.opt_state).num_leaves)

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from llmos_jax.models import DecoderLM, llama_style_config
-from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
-                                    host_local_to_global)
+from llmos_jax.partitioning import DEFAULT_RULES, Layout, LogicalSharder, MeshConfig, build_mesh
 from llmos_jax.checkpoints.checkpointer import numpy_tree
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
 from llmos_jax.training.train_state import TrainState, init_train_state, state_shardings
@@ -58,7 +57,7 @@ def setup(shape):
     spec = model_spec(lambda rngs: DecoderLM(CONFIG, rngs=rngs,
                                              shard=LogicalSharder(mesh, DEFAULT_RULES)), 0)
     tx = make_optimizer(learning_rate=1e-2)
-    return mesh, spec, tx, state_shardings(spec, tx, mesh, DEFAULT_RULES)
+    return mesh, spec, tx, state_shardings(spec, tx, Layout(mesh, DEFAULT_RULES))
 
 
 @functools.cache
@@ -84,9 +83,10 @@ def train(shape, microbatches=1, z_loss=0.0, steps=STEPS) -> Run:
     state = jax.device_put(initial_state(), shardings)
     step_fn = jit_train_step(
         make_train_step(spec, tx, current_learning_rate,
-                        StepConfig(microbatches=microbatches, z_loss=z_loss), mesh, DEFAULT_RULES),
-        shardings, list(BATCHES[0]), mesh, DEFAULT_RULES)
-    batches = [host_local_to_global(b, mesh, DEFAULT_RULES) for b in BATCHES[:steps]]
+                        StepConfig(microbatches=microbatches, z_loss=z_loss),
+                        Layout(mesh, DEFAULT_RULES)),
+        shardings, list(BATCHES[0]), Layout(mesh, DEFAULT_RULES))
+    batches = [Layout(mesh, DEFAULT_RULES).global_batch(b) for b in BATCHES[:steps]]
     step_fn = step_fn.lower(state, batches[0]).compile(compiler_options=FAST_COMPILE)
     metrics, params = [], []
     for batch in batches:
@@ -162,7 +162,7 @@ def test_step_donates_state_and_keeps_shardings():
     run = train((2, 2, 2))
     state = jax.tree.map(jnp.copy, run.state)
     assert jax.tree.all(jax.tree.map(lambda x, s: x.sharding == s, state, run.shardings))
-    batch = host_local_to_global(BATCHES[0], run.mesh, DEFAULT_RULES)
+    batch = Layout(run.mesh, DEFAULT_RULES).global_batch(BATCHES[0])
     new_state, metrics = run.step_fn(state, batch)
     old_leaves = jax.tree.leaves(state)
     assert old_leaves and all(x.is_deleted() for x in old_leaves)

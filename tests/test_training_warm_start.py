@@ -10,7 +10,7 @@ from flax import nnx
 from llmos_jax.errors import UserError
 from llmos_jax.models import (Encoder, EncoderConfig, EncoderForPreTraining,
                               EncoderForSequenceClassification, EncoderForTokenClassification)
-from llmos_jax.partitioning import DEFAULT_RULES, MeshConfig, build_mesh
+from llmos_jax.partitioning import DEFAULT_RULES, Layout, MeshConfig, build_mesh
 from llmos_jax.checkpoints.checkpointer import export_params
 from llmos_jax.training.optimizers import make_optimizer
 from llmos_jax.training.train_state import init_train_state, state_shardings
@@ -28,7 +28,7 @@ def fresh_state(make_model, seed=1):
     mesh = build_mesh(MeshConfig(data=2, fsdp=2, tensor=2))
     spec = model_spec(make_model, seed)
     tx = make_optimizer(learning_rate=1e-3)
-    shardings = state_shardings(spec, tx, mesh, DEFAULT_RULES)
+    shardings = state_shardings(spec, tx, Layout(mesh, DEFAULT_RULES))
     return init_train_state(spec, tx, shardings), shardings
 
 

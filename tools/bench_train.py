@@ -14,7 +14,6 @@ peak, and peak memory.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import resource
 import statistics
@@ -45,20 +44,14 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    import gin
     from llmos_jax.cli.gin_config import parse_gin
     from llmos_jax.models.decoder import DecoderLM
     from llmos_jax.models.flops import decoder_training_flops_per_token
     from llmos_jax.monitoring.flops import mfu
     from llmos_jax.monitoring.peak_flops import measure_matmul_peak
-    from llmos_jax.partitioning import (
-        LogicalSharder,
-        build_mesh,
-        host_local_to_global,
-        rules_from_mapping,
-    )
-    from llmos_jax.training import trainer
+    from llmos_jax.partitioning import Layout
     from llmos_jax.training.optimizers import current_learning_rate
+    from llmos_jax.training.train_config import TrainConfig
     from llmos_jax.training.train_state import init_train_state, state_shardings
     from llmos_jax.objectives.model_building import model_spec
     from llmos_jax.training.train_step import (
@@ -71,29 +64,28 @@ def main(argv=None) -> int:
     )
 
     parse_gin(args.gin_file, bindings, args.gin_search_path)
-    defaults = {name: p.default for name, p in inspect.signature(trainer.train).parameters.items()}
-    settings = {**defaults, **gin.get_bindings("train")}
-    config = settings["model_config"]
-    batch_size, length = settings["global_batch_size"], settings["sequence_length"]
-    rules = rules_from_mapping(settings["axis_rules"])
-    mesh = build_mesh(settings["mesh_config"])
+    settings = TrainConfig.from_gin()
+    config = settings.model_config
+    batch_size, length = settings.global_batch_size, settings.sequence_length
+    layout = Layout.build(settings.mesh_config, settings.axis_rules)
+    mesh = layout.mesh
 
-    spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=LogicalSharder(mesh, rules)),
-                      settings["seed"])
-    tx = settings["optimizer_factory"]()
-    shardings = state_shardings(spec, tx, mesh, rules)
+    spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs, shard=layout.activation_sharder),
+                      settings.seed)
+    tx = settings.optimizer_factory()
+    shardings = state_shardings(spec, tx, layout)
     state = init_train_state(spec, tx, shardings)
-    step_config = StepConfig(microbatches=settings["microbatches"], z_loss=settings["z_loss"],
+    step_config = StepConfig(microbatches=settings.microbatches, z_loss=settings.z_loss,
                              use_dropout=config.dropout_rate > 0)
-    step_fn = jit_train_step(make_train_step(spec, tx, current_learning_rate, step_config, mesh,
-                                             rules), shardings, [INPUTS, TARGETS, WEIGHTS],
-                             mesh, rules)
+    step_fn = jit_train_step(make_train_step(spec, tx, current_learning_rate, step_config,
+                                             layout), shardings, [INPUTS, TARGETS, WEIGHTS],
+                             layout)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, config.vocab_size, (batch_size, length + 1), dtype=np.int32)
     local_rows = batch_size // jax.process_count()
     host_batch = {INPUTS: tokens[:local_rows, :-1], TARGETS: tokens[:local_rows, 1:],
                   WEIGHTS: np.ones((local_rows, length), np.float32)}
-    batch = host_local_to_global(host_batch, mesh, rules)
+    batch = layout.global_batch(host_batch)
 
     compile_start = time.perf_counter()
     for _ in range(args.warmup):

@@ -18,7 +18,6 @@ must be given to both commands; a mismatch is refused when the snapshot is read.
 from __future__ import annotations
 
 import argparse
-import inspect
 import os
 import sys
 
@@ -39,26 +38,24 @@ def _parse_args(argv):
 def main(argv=None) -> int:
     args, bindings = _parse_args(sys.argv[1:] if argv is None else argv)
 
-    import gin
     from llmos_jax.cli.gin_config import parse_gin
     from llmos_jax.data.lm_batches import LMBatches
     from llmos_jax.errors import UserError
-    from llmos_jax.training import trainer
+    from llmos_jax.training.train_config import TrainConfig
 
     try:
         parse_gin(args.gin_file, bindings, args.gin_search_path)
-        defaults = {name: p.default for name, p in inspect.signature(trainer.train).parameters.items()}
-        settings = {**defaults, **gin.get_bindings("train")}
-        batches = settings["batches"]
-        if getattr(batches, "__name__", None) != "LMBatches" and not (
-                hasattr(batches, "selector") and batches.selector.endswith("LMBatches")):
+        settings = TrainConfig.from_gin()
+        batches = settings.batches
+        if not settings.task_name:
+            raise UserError("the gin files bind no train.task_name: nothing to snapshot.")
+        if getattr(batches, "__name__", None) != "LMBatches":
             raise UserError(f"train.batches={batches!r}: only LMBatches splits can be "
                             "snapshotted.")
-        splits = ["train"] + ([settings["eval_split"]] if settings["eval_every"] else [])
+        splits = ["train"] + ([settings.eval_split] if settings.eval_every else [])
         for split in splits:
-            data = LMBatches(settings["task_name"], split, settings["sequence_length"],
-                             settings["global_batch_size"], seed=settings["seed"],
-                             pack=settings["pack"])
+            data = LMBatches(settings.task_name, split, settings.sequence_length,
+                             settings.global_batch_size, seed=settings.seed, pack=settings.pack)
             data.save_snapshot(args.output_dir)
             print(f"{split}: {data.num_examples} rows -> {args.output_dir}")
     except UserError as error:

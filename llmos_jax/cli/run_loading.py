@@ -22,7 +22,6 @@ gin files and `--gin.DecodeConfig.NAME=VALUE` flags set decoding;
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import pathlib
@@ -64,21 +63,23 @@ def parse_run_gin(gin_files: Sequence[str], bindings: Sequence[str] = (), *,
                          configurable_modules=(*gin_config.CONFIGURABLE_MODULES, *extra_modules))
 
 
-def train_settings() -> dict[str, Any]:
-    """`train`'s arguments as the parsed gin gives them: its defaults, overridden by the bindings."""
-    from llmos_jax.training import trainer
+def train_config():
+    """The run's `TrainConfig`: `train.NAME` bindings of the parsed gin over its defaults.
 
-    parameters = inspect.signature(trainer.train).parameters
-    settings = {name: p.default for name, p in parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    settings.update(gin.get_bindings(trainer.train))
-    for required in ("model_config", "task_name"):
-        if settings.get(required) is gin.REQUIRED:
-            settings[required] = None
-    if settings["model_config"] is None:
+    Raises:
+      UserError: the gin files bind no `train.model_config` (not a run's gin file).
+    """
+    from llmos_jax.training.train_config import TrainConfig
+
+    if "model_config" not in gin.get_bindings(TrainConfig.gin_selector()):
         raise UserError("the gin files bind no train.model_config; pass the run's gin file "
                         "(e.g. its model_dir/config.gin) with --gin_file.")
-    return settings
+    return TrainConfig.from_gin()
+
+
+def train_settings() -> dict[str, Any]:
+    """`train_config()` by setting name (`sequence_length`, `eval_split`, ...)."""
+    return train_config().as_dict()
 
 
 def decode_config_from_gin(vocabulary: seqio.Vocabulary | None = None) -> DecodeConfig:
@@ -158,7 +159,7 @@ class InferenceModel:
       provider: That Task or Mixture.
       vocabularies: Encode prompts / decode outputs.
       location: The checkpoint read, with its step and metadata.
-      settings: `train`'s arguments from the gin files (sequence_length, ...).
+      settings: The run's `TrainConfig` by setting name (sequence_length, ...).
       mesh: The mesh the parameters are laid out on.
     """
 
@@ -214,9 +215,8 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
         (before any weight is read), or weights that do not fit the gin model.
     """
     from llmos_jax.data.providers import get_provider
-    from llmos_jax.partitioning import build_mesh, rules_from_mapping
+    from llmos_jax.partitioning import Layout
     from llmos_jax.objectives.model_building import build_model_spec, resolve_objective
-    from llmos_jax.objectives.model_building import param_shardings
 
     location = location or find_checkpoint(checkpoint)
     if parse:
@@ -238,16 +238,14 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
     model_config = settings["model_config"]
     _warn_on_config_drift(location.meta, model_config)
     objective = resolve_objective(settings["objective"])
-    mesh = build_mesh(settings["mesh_config"],
-                      jax.local_devices() if devices is None else devices)
-    rules = rules_from_mapping(settings["axis_rules"])
-    spec = build_model_spec(model_config, objective, mesh, rules, settings["seed"])
-    params = restore_params(location, spec, param_shardings(spec, mesh, rules),
-                            checkpoint=checkpoint)
+    layout = Layout.build(settings["mesh_config"], settings["axis_rules"],
+                          jax.local_devices() if devices is None else devices)
+    spec = build_model_spec(model_config, objective, layout, settings["seed"])
+    params = restore_params(location, spec, layout.param_shardings(spec), checkpoint=checkpoint)
     model = nnx.merge(spec.graphdef, params)
     return InferenceModel(model=model, params=params, objective=objective, task_name=task_name,
                           provider=provider, vocabularies=vocabularies, location=location,
-                          settings=settings, mesh=mesh)
+                          settings=settings, mesh=layout.mesh)
 
 
 def _warn_on_config_drift(meta: Mapping[str, Any], model_config) -> None:

@@ -13,14 +13,12 @@ from typing import Any, Callable
 
 import jax
 from flax import nnx
-from jax.sharding import Mesh
 
 from llmos_jax.models.axes import logical_axes_of
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.objectives.base import Objective
 from llmos_jax.objectives.language_modeling import CausalLm
-from llmos_jax.partitioning import AxisRules, LogicalSharder
-from llmos_jax.partitioning.rules import tree_shardings
+from llmos_jax.partitioning import Layout
 
 Params = dict[str, Any]
 
@@ -54,28 +52,25 @@ def model_spec(make_model: Callable[[nnx.Rngs], nnx.Module], seed: int) -> Model
     return ModelSpec(graphdef, abstract_params, logical, init_params)
 
 
-def param_shardings(spec: ModelSpec, mesh: Mesh, rules: AxisRules) -> Params:
-    """Each parameter's sharding: its logical axes laid on `mesh` by `rules`."""
-    return tree_shardings(spec.logical_axes, spec.abstract_params, mesh, rules)
-
-
 def resolve_objective(objective: Objective | None) -> Objective:
     """`train.objective`, or `CausalLm()` (a decoder LM) when it is not bound."""
     return CausalLm() if objective is None else objective
 
 
-def build_model_spec(model_config: TransformerConfig, objective: Objective | None, mesh: Mesh,
-                     rules: AxisRules, seed: int) -> ModelSpec:
-    """The objective's model for `model_config`, traced abstractly, its activations laid on `mesh`.
+def build_model_spec(model_config: TransformerConfig, objective: Objective | None,
+                     layout: Layout, seed: int) -> ModelSpec:
+    """The objective's model for `model_config`, traced abstractly, its activations laid out.
+
+    Its parameters' shardings are `layout.param_shardings(spec)`.
 
     Args:
       model_config: `train.model_config` (any family's config).
       objective: `train.objective`; None is `CausalLm()`.
-      mesh: The mesh activations are constrained to (its `LogicalSharder`).
-      rules: Logical-to-mesh rules, as `rules_from_mapping(train.axis_rules)`.
+      layout: The run's mesh and rules; the model constrains its activations
+        with `layout.activation_sharder`.
       seed: `train.seed`; `ModelSpec.init_params` initialises from it.
     """
     objective = resolve_objective(objective)
-    sharder = LogicalSharder(mesh, rules)
+    sharder = layout.activation_sharder
     return model_spec(
         lambda rngs: objective.build_model(model_config, rngs=rngs, shard=sharder), seed)

@@ -87,3 +87,13 @@ def build_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) 
 def data_parallel_size(mesh: Mesh) -> int:
     """How many ways the batch is split: the product of the data and fsdp axes."""
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_global_batch_size(global_batch_size: int, mesh: Mesh, *, name: str) -> None:
+    """Fails clearly when the batch cannot be split evenly over data-parallel devices."""
+    dp = data_parallel_size(mesh)
+    if global_batch_size % dp:
+        raise UserError(
+            f"{name}={global_batch_size} is not divisible by the data-parallel size {dp} "
+            f"(mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']}). "
+            f"Use a multiple of {dp}, or change the mesh.")

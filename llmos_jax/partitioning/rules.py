@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
 
-import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, PartitionSpec
 
 MeshAxes = str | tuple[str, ...] | None
 AxisRules = tuple[tuple[str, MeshAxes], ...]
@@ -91,16 +90,6 @@ def logical_to_mesh_spec(logical_axes: Sequence[str | None], rules: AxisRules,
     while spec and spec[-1] is None:
         spec.pop()
     return PartitionSpec(*spec)
-
-
-def tree_shardings(logical_axes_tree, shapes_tree, mesh: Mesh, rules: AxisRules):
-    """NamedShardings for a tree of logical-axes tuples and a matching tree of shapes."""
-    return jax.tree.map(
-        lambda names, shaped: NamedSharding(
-            mesh, logical_to_mesh_spec(names, rules, mesh, shaped.shape)),
-        logical_axes_tree, shapes_tree,
-        is_leaf=lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x),
-    )
 
 
 def rules_from_mapping(mapping: Mapping[str, MeshAxes] | Iterable[tuple[str, MeshAxes]]) -> AxisRules:

@@ -33,11 +33,10 @@ from typing import Any, Protocol
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from llmos_jax.errors import UserError
 from llmos_jax.inference.decode_config import DecodeConfig
-from llmos_jax.partitioning import AxisRules, host_local_to_global
+from llmos_jax.partitioning import Layout
 from llmos_jax.checkpoints.checkpointer import export_params
 from llmos_jax.objectives import Objective
 from llmos_jax.objectives.model_building import ModelSpec, Params
@@ -55,11 +54,11 @@ class EvalBatches(Protocol):
 
 
 def heldout_metrics(eval_step, params: Params, eval_data: EvalBatches, num_batches: int | None,
-                    objective: Objective, mesh: Mesh, rules: AxisRules) -> dict[str, float]:
+                    objective: Objective, layout: Layout) -> dict[str, float]:
     """The objective's metrics over `num_batches` eval batches (sums added, then divided)."""
     totals: dict[str, float] = {}
     for batch in eval_data.eval_batches(num_batches):
-        sums = jax.device_get(eval_step(params, host_local_to_global(batch, mesh, rules)))
+        sums = jax.device_get(eval_step(params, layout.global_batch(batch)))
         for key, value in sums.items():
             totals[key] = totals.get(key, 0.0) + float(value)
     return {key: float(value) for key, value in objective.metrics(totals).items()}
@@ -153,7 +152,7 @@ class TaskEvaluation:
       config: The `PeriodicEvaluator`.
       objective: The run's objective (it chooses the predictor).
       spec: The run's model spec (its graph takes the live parameters).
-      mesh: The run's mesh (batches are a multiple of its data-parallel size).
+      layout: The run's layout (batches are a multiple of its data-parallel size).
       task_name, split: `train.task_name` / `train.eval_split`, unless `config` names others.
       default_every: `train.eval_every`, unless `config.every` is set.
       sequence_length: `train.sequence_length`, as examples are cut.
@@ -166,7 +165,7 @@ class TaskEvaluation:
     """
 
     def __init__(self, config: PeriodicEvaluator, *, objective: Objective, spec: ModelSpec,
-                 mesh: Mesh, task_name: str, split: str, default_every: int,
+                 layout: Layout, task_name: str, split: str, default_every: int,
                  sequence_length: int | Mapping[str, int], model_dir: pathlib.Path,
                  write: bool):
         from llmos_jax.data.providers import get_provider
@@ -187,7 +186,7 @@ class TaskEvaluation:
             split_setting="PeriodicEvaluator.split" if config.split else "train.eval_split")
         self._task = (getattr(provider, "tasks", None) or [provider])[0]
         self._lengths = feature_lengths(sequence_length, self._task)
-        self._batch_size = mesh_batch_size(config.batch_size, mesh)
+        self._batch_size = mesh_batch_size(config.batch_size, layout.mesh)
         self._decode_config = self._with_eos(config.decode_config)
         self._model_dir, self._write = model_dir, write
         self.results: dict[str, dict[str, float]] = {}

@@ -2,23 +2,22 @@
 
 Parameters are kept as a plain nested dict (NNX "pure dict") next to the
 model's graph definition, so optax, Orbax and jit see ordinary pytrees. Their
-shardings come from the logical axes each parameter was created with and the
-rule table; optimizer-state shardings follow the parameter each moment
-belongs to.
+shardings come from the run's `Layout`: the logical axes each parameter was
+created with, laid on the mesh by the rules; optimizer-state shardings follow
+the parameter each moment belongs to.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from llmos_jax.objectives.model_building import ModelSpec, Params, param_shardings
-from llmos_jax.partitioning.rules import AxisRules
+from llmos_jax.objectives.model_building import ModelSpec, Params
+from llmos_jax.partitioning import Layout
 
 
 @jax.tree_util.register_dataclass
@@ -34,34 +33,12 @@ class TrainState:
         return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
 
 
-def _moment_sharding(mesh: Mesh):
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def for_leaf(leaf, param, param_sharding):
-        if leaf.shape == param.shape:
-            return param_sharding
-        # Factored moments (Adafactor) drop or shrink dimensions: keep the mesh
-        # axes of dimensions that survive unchanged, replicate the rest.
-        if len(leaf.shape) == len(param.shape):
-            spec = tuple(param_sharding.spec) + (None,) * (len(param.shape) - len(param_sharding.spec))
-            kept = [axis if leaf.shape[i] == param.shape[i] else None for i, axis in enumerate(spec)]
-            return NamedSharding(mesh, PartitionSpec(*kept))
-        return replicated
-
-    return for_leaf, replicated
-
-
-def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation, mesh: Mesh,
-                    rules: AxisRules) -> TrainState:
-    """Shardings for every array of the TrainState."""
-    p_shardings = param_shardings(spec, mesh, rules)
-    abstract_opt = jax.eval_shape(tx.init, spec.abstract_params)
-    for_leaf, replicated = _moment_sharding(mesh)
-    opt_shardings = optax.tree_map_params(
-        tx, for_leaf, abstract_opt, spec.abstract_params, p_shardings,
-        transform_non_params=lambda _: replicated,
-        is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-    return TrainState(step=replicated, params=p_shardings, opt_state=opt_shardings)
+def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation,
+                    layout: Layout) -> TrainState:
+    """Shardings for every array of the TrainState, as `layout` places them."""
+    params = layout.param_shardings(spec)
+    opt_state = layout.opt_state_shardings(tx, spec.abstract_params, params)
+    return TrainState(step=layout.replicated, params=params, opt_state=opt_state)
 
 
 def abstract_train_state(spec: ModelSpec, tx: optax.GradientTransformation,

@@ -17,11 +17,9 @@ from typing import Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from llmos_jax import runtime
-from llmos_jax.partitioning.global_batch import batch_sharding
-from llmos_jax.partitioning.rules import AxisRules
+from llmos_jax.partitioning import Layout
 from llmos_jax.objectives import CausalLm, Objective
 from llmos_jax.objectives.language_modeling import (INPUTS, POSITIONS, SEGMENTS,
                                                              TARGETS, WEIGHTS)
@@ -51,7 +49,7 @@ class StepConfig:
     use_dropout: bool = True
 
 
-def _split_microbatches(batch: Batch, n: int, mesh: Mesh, rules: AxisRules) -> Batch:
+def _split_microbatches(batch: Batch, n: int, layout: Layout) -> Batch:
     """[B, ...] -> [n, B/n, ...] taking rows i*n + m into microbatch m.
 
     Interleaving keeps each microbatch spread over every data-parallel device
@@ -60,19 +58,18 @@ def _split_microbatches(batch: Batch, n: int, mesh: Mesh, rules: AxisRules) -> B
     def split(x):
         rows = x.shape[0]
         x = x.reshape((rows // n, n) + x.shape[1:]).swapaxes(0, 1)
-        sharding = batch_sharding(mesh, rules, x.ndim - 1)
-        spec = PartitionSpec(None, *sharding.spec)
-        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+        return jax.lax.with_sharding_constraint(x, layout.microbatch_sharding(x.ndim))
 
     return {k: split(v) for k, v in batch.items()}
 
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
                     learning_rate_of: Callable[[optax.OptState], jax.Array], config: StepConfig,
-                    mesh: Mesh, rules: AxisRules, objective: Objective | None = None):
+                    layout: Layout, objective: Objective | None = None):
     """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted).
 
     Args:
+      layout: Lays microbatches out like batches.
       learning_rate_of: Reads the learning rate the update applied from the new
         optimizer state (see `optimizers.current_learning_rate`).
       objective: What to compute; the decoder LM (`CausalLm`) by default.
@@ -93,7 +90,7 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
         if config.microbatches == 1:
             grads, sums = grads_and_sums(state.params, batch, base_key, denominators)
         else:
-            micro = _split_microbatches(batch, config.microbatches, mesh, rules)
+            micro = _split_microbatches(batch, config.microbatches, layout)
             first = jax.tree.map(lambda x: x[0], micro)
             sums_shape = jax.eval_shape(
                 lambda: grads_and_sums(state.params, first, base_key, denominators)[1])
@@ -139,30 +136,22 @@ def make_eval_step(spec: ModelSpec, objective: Objective | None = None):
     return eval_step
 
 
-def _batch_shardings(batch_keys: Sequence[str] | Mapping[str, int], mesh: Mesh,
-                     rules: AxisRules) -> dict[str, NamedSharding]:
-    """Rows over the data axes; `batch_keys` maps each feature to its rank (default 2)."""
-    ranks = batch_keys if isinstance(batch_keys, Mapping) else dict.fromkeys(batch_keys, 2)
-    return {k: batch_sharding(mesh, rules, ndim) for k, ndim in ranks.items()}
-
-
-def jit_train_step(train_step, state_shardings: TrainState, batch_keys, mesh: Mesh,
-                   rules: AxisRules):
+def jit_train_step(train_step, state_shardings: TrainState,
+                   batch_ranks: Mapping[str, int] | Sequence[str], layout: Layout):
     """jit with explicit in/out shardings; the old state's buffers are donated.
 
+    `batch_ranks` maps each batch feature to its rank (a list of names: rank 2).
     On CPU this also tunes the host allocator (`llmos_jax.runtime`), in case the
     entry point did not do it before JAX started.
     """
-    if any(device.platform == "cpu" for device in mesh.devices.flat):
+    if any(device.platform == "cpu" for device in layout.mesh.devices.flat):
         runtime.configure_host_allocator()
-    replicated = NamedSharding(mesh, PartitionSpec())
-    batch_shardings = _batch_shardings(batch_keys, mesh, rules)
-    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    return jax.jit(train_step, in_shardings=(state_shardings, layout.batch_shardings(batch_ranks)),
+                   out_shardings=(state_shardings, layout.replicated), donate_argnums=(0,))
 
 
-def jit_eval_step(eval_step, param_shardings, batch_keys, mesh: Mesh, rules: AxisRules):
-    replicated = NamedSharding(mesh, PartitionSpec())
-    batch_shardings = _batch_shardings(batch_keys, mesh, rules)
-    return jax.jit(eval_step, in_shardings=(param_shardings, batch_shardings),
-                   out_shardings=replicated)
+def jit_eval_step(eval_step, param_shardings, batch_ranks: Mapping[str, int] | Sequence[str],
+                  layout: Layout):
+    """jit with explicit shardings: parameters as trained, batches over the data axes."""
+    return jax.jit(eval_step, in_shardings=(param_shardings, layout.batch_shardings(batch_ranks)),
+                   out_shardings=layout.replicated)

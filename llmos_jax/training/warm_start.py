@@ -224,8 +224,7 @@ def warm_start_params(init_from: InitFrom, params, param_shardings,
     loaded, report = merge_pretrained(fresh_flat, source, init_from)
     shardings_flat = flat_params(param_shardings)
 
-    def replace(path, leaf):
-        name = _path_str(path)
+    def replace(name, leaf):
         if name not in loaded:
             return leaf
         value = loaded[name]
@@ -233,7 +232,10 @@ def warm_start_params(init_from: InitFrom, params, param_shardings,
                                             lambda index: value[index])
 
     log_report(report)
-    return jax.tree_util.tree_map_with_path(replace, params), report
+    # `flat_params` names the leaves in flattening order.
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    return treedef.unflatten([replace(name, leaf)
+                              for name, leaf in zip(fresh_flat, leaves)]), report
 
 
 def log_report(report: WarmStartReport) -> None:
