@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Decoding speed: llmos_jax `generate` against transformers + PyTorch `generate`, one run.
+"""Decoding speed: llmos_jax `DecodingEngine` against transformers + PyTorch `generate`, one run.
 
 Both decode a GPT-2-small-sized model (12 layers, width 768, 50257-token
 vocabulary) with the same random weights: a `GPT2LMHeadModel` is randomly
@@ -15,8 +15,8 @@ Measured, as medians over `--reps` runs:
 Each framework runs in its own worker process (in one process their thread
 pools spin against each other), JAX first, then PyTorch. Both use the GPU
 when there is one (JAX's default backend; PyTorch's ``cuda``), in float32. Timings exclude a
-warm-up call per case (JAX's compilation). The ratio column is
-torch_time / jax_time: >= 1 means llmos_jax is faster.
+warm-up call per case (JAX's compilation; one engine keeps the compiled programs). The
+ratio column is torch_time / jax_time: >= 1 means llmos_jax is faster.
 
     python benchmarks/decode_speed.py            # full: 128 + 128 tokens, 3 reps
     python benchmarks/decode_speed.py --quick    # 1 rep, 32 new tokens
@@ -64,12 +64,12 @@ def cases(new: int) -> dict:
 
 def jax_runner(directory: str):
     from llmos_jax.convert.hf_models import import_hf_model
-    from llmos_jax.inference import DecodeConfig, generate
+    from llmos_jax.inference import DecodeConfig, DecodingEngine
 
-    model = import_hf_model(directory, dropout_rate=0.0)
+    engine = DecodingEngine(import_hf_model(directory, dropout_rate=0.0))
 
     def run(prompts, fields, _):
-        results = generate(model, None, prompts, DecodeConfig(**fields))
+        results = engine.generate(prompts, DecodeConfig(**fields))
         assert all(r.ok for r in results)
 
     return run

@@ -36,7 +36,7 @@ from flax import nnx
 from llmos_jax.checkpoints.locations import CheckpointLocation, find_checkpoint
 from llmos_jax.checkpoints.params_reader import restore_params
 from llmos_jax.errors import UserError
-from llmos_jax.inference.decode_config import DecodeConfig
+from llmos_jax.inference.decode_config import DecodeConfig, with_default_eos
 from llmos_jax.inference.decoding_model import is_encoder_decoder
 
 log = logging.getLogger("llmos_jax.inference")
@@ -87,10 +87,8 @@ def decode_config_from_gin(vocabulary: seqio.Vocabulary | None = None) -> Decode
     from llmos_jax.training import trainer  # noqa: F401 (registers DecodeConfig with gin)
 
     config = gin.get_configurable(DecodeConfig)()
-    bound = gin.get_bindings(DecodeConfig)
-    if "eos_id" not in bound and vocabulary is not None and vocabulary.eos_id is not None:
-        config = dataclasses.replace(config, eos_id=int(vocabulary.eos_id))
-    return config
+    return with_default_eos(config, None if vocabulary is None else vocabulary.eos_id,
+                            eos_bound="eos_id" in gin.get_bindings(DecodeConfig))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from jax.sharding import Mesh
 
 from llmos_jax.errors import UserError
 from llmos_jax.evaluation import predictors
-from llmos_jax.inference.decode_config import DecodeConfig
+from llmos_jax.inference.decode_config import DecodeConfig, with_default_eos
 from llmos_jax.objectives import Objective
 from llmos_jax.objectives.base import (PREDICTS_SEQUENCE_LABEL, PREDICTS_TEXT,
                                        PREDICTS_TOKEN_LABELS)
@@ -108,8 +108,8 @@ def model_functions(objective: Objective, model: nnx.Module, params: Any, *,
         return {"predict_fn": factory(model, params, sequence_length=lengths["input_ids"],
                                       batch_size=batch_size)}
     vocabulary = provider.output_features["targets"].vocabulary
-    if decode_config is None:
-        decode_config = DecodeConfig(eos_id=vocabulary.eos_id)
+    decode_config = with_default_eos(decode_config, vocabulary.eos_id,
+                                     eos_bound=decode_config is not None)
     max_input = lengths.get("inputs")
     return {
         "predict_fn": predictors.generator(model, params, vocabulary=vocabulary,

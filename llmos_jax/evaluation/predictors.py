@@ -9,10 +9,14 @@ These factories close over a model and return such functions:
 - :func:`token_classifier`: a tagger's argmax at each word's first
   sub-token, mapped back to one IOB2 tag per word (space-joined), so span F1
   is over all words even where the sequence length cut some away.
-- :func:`generator`: text from :func:`llmos_jax.inference.generate`
+- :func:`generator`: text from a :class:`llmos_jax.inference.DecodingEngine`
   (encoder-decoder, or decoder-only continuing a prompt).
 - :func:`target_scorer`: ``(log_likelihood, num_tokens, num_correct)`` of each example's
-  targets from :func:`llmos_jax.inference.score`, for perplexity.
+  targets from :meth:`llmos_jax.inference.DecodingEngine.score`, for perplexity.
+
+Each function builds its engine once, so every batch of a split reuses its
+compiled programs; pass ``engine=`` (one kept across evaluations, e.g. during
+training) to reuse them across calls too.
 
 Encoder batches are cut to ``sequence_length`` and padded, rows included, to
 a fixed ``[batch_size, sequence_length]``, so a whole split runs on one
@@ -35,7 +39,7 @@ from flax import nnx
 from llmos_jax.data.finetune_tasks.conll2003 import word_tags_from_tokens
 from llmos_jax.data.finetune_tasks.example_arrays import pad_rows
 from llmos_jax.errors import UserError
-from llmos_jax.inference import DecodeConfig, generate, score
+from llmos_jax.inference import DecodeConfig, DecodingEngine
 from llmos_jax.objectives.base import padding_segments
 
 Example = Mapping[str, Any]
@@ -167,7 +171,7 @@ def _token_ids(example: Example, feature: str, name: str) -> list[int]:
 
 def generator(model: nnx.Module, params: Params | None, *, vocabulary, decode_config: DecodeConfig,
               inputs_feature: str = "inputs", max_input_length: int | None = None,
-              batch_size: int = 32) -> PredictFn:
+              batch_size: int = 32, engine: DecodingEngine | None = None) -> PredictFn:
     """A predict function giving each example's generated text (best completion).
 
     Args:
@@ -178,16 +182,17 @@ def generator(model: nnx.Module, params: Params | None, *, vocabulary, decode_co
       inputs_feature: The token-id feature used as the prompt (encoder input).
       max_input_length: Cut prompts to this many tokens first (as training did).
       batch_size: Requests decoded together.
+      engine: An engine of the same model graph whose compiled programs are
+        reused with ``params``; None: a new one.
 
     Raises (when called):
       UserError: a request the model cannot decode (e.g. a prompt filling the cache).
     """
-    params = pure_params(model, params)
+    engine = _engine(model, params, engine, vocabulary)
 
     def predict(examples: list[Example]) -> list[str]:
         prompts = [_token_ids(e, inputs_feature, "generator")[:max_input_length] for e in examples]
-        results = generate(model, params, prompts, decode_config, vocabulary=vocabulary,
-                           max_batch_size=batch_size)
+        results = engine.generate(prompts, decode_config, max_batch_size=batch_size)
         for result in results:
             if not result.ok:
                 raise UserError(f"generation failed: {result.error}")
@@ -198,7 +203,8 @@ def generator(model: nnx.Module, params: Params | None, *, vocabulary, decode_co
 
 def target_scorer(model: nnx.Module, params: Params | None, *, inputs_feature: str = "inputs",
                   targets_feature: str = "targets", start_id: int = 0,
-                  max_input_length: int | None = None) -> ScoreFn:
+                  max_input_length: int | None = None,
+                  engine: DecodingEngine | None = None) -> ScoreFn:
     """A score function giving ``(log_likelihood, num_tokens, num_correct)`` per example.
 
     The rows feed both ``perplexity`` and ``token_accuracy``.
@@ -215,17 +221,19 @@ def target_scorer(model: nnx.Module, params: Params | None, *, inputs_feature: s
       start_id: The token before the targets when there are no inputs; the
         encoder-decoder's decoder start id.
       max_input_length: Cut inputs to this many tokens first.
+      engine: An engine of the same model graph whose compiled programs are
+        reused with ``params``; None: a new one.
 
     Raises (when called):
       UserError: an example that does not fit the model.
     """
-    params = pure_params(model, params)
+    engine = _engine(model, params, engine, None)
 
     def score_rows(examples: list[Example]) -> list[tuple[float, float, float]]:
         prompts = [_token_ids(e, inputs_feature, "target_scorer")[:max_input_length]
                    if inputs_feature in e else [start_id] for e in examples]
         targets = [_token_ids(e, targets_feature, "target_scorer") for e in examples]
-        results = score(model, params, prompts, targets, decoder_start_id=start_id)
+        results = engine.score(prompts, targets, decoder_start_id=start_id)
         for result in results:
             if result.error is not None:
                 raise UserError(f"scoring failed: {result.error}")
@@ -233,4 +241,13 @@ def target_scorer(model: nnx.Module, params: Params | None, *, inputs_feature: s
                 for result in results]
 
     return score_rows
+
+
+def _engine(model: nnx.Module, params: Params | None, engine: DecodingEngine | None,
+            vocabulary) -> DecodingEngine:
+    """``engine`` with ``params`` (its programs reused), or a new engine for the model."""
+    params = pure_params(model, params)
+    if engine is None:
+        return DecodingEngine(model, params, vocabulary=vocabulary)
+    return engine.with_params(params, vocabulary=vocabulary)
 

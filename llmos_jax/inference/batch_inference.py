@@ -1,4 +1,4 @@
-"""Batch inference: many requests through `generate`, in resumable, host-sharded chunks.
+"""Batch inference: many requests through one `DecodingEngine`, in resumable, host-sharded chunks.
 
 Requests come from a JSONL file (one `{"prompt": ...}` object a line) or
 from a seqio task split, and are cut into fixed chunks of `chunk_size`.
@@ -38,7 +38,7 @@ import numpy as np
 from llmos_jax.errors import UserError
 from llmos_jax.inference.completions import RequestResult
 from llmos_jax.inference.decode_config import DecodeConfig
-from llmos_jax.inference.generate import generate
+from llmos_jax.inference.decoding_engine import DecodingEngine
 from llmos_jax.monitoring.progress import TrainProgress
 
 PROMPT_KEYS = ("prompt", "inputs")
@@ -198,11 +198,15 @@ def _decode(vocabulary, tokens) -> str:
 
 def generate_fn(model, params, config: DecodeConfig, *, vocabulary=None,
                 batch_size: int | None = None) -> GenerateFn:
-    """`generate` with the model, settings and vocabulary fixed; decodes `batch_size` at a time."""
+    """Decoding with the model, settings and vocabulary fixed; `batch_size` requests at a time.
+
+    One `DecodingEngine` serves every chunk, so chunks of the same shapes
+    reuse its compiled programs.
+    """
+    engine = DecodingEngine(model, params, vocabulary=vocabulary)
 
     def run(token_lists: list[list[int]], seeds: list[int]) -> list[RequestResult]:
-        return generate(model, params, token_lists, config, vocabulary=vocabulary, seeds=seeds,
-                        max_batch_size=batch_size)
+        return engine.generate(token_lists, config, seeds=seeds, max_batch_size=batch_size)
 
     return run
 

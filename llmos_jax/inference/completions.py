@@ -1,4 +1,4 @@
-"""What `generate` returns: per request, its n-best completions or its error."""
+"""What decoding returns: per request, its n-best completions (or its target score) or its error."""
 
 from __future__ import annotations
 
@@ -53,3 +53,17 @@ class RequestResult:
     @property
     def score(self) -> float | None:
         return self.completions[0].score if self.completions else None
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetScore:
+    """Sum of the target tokens' log-probabilities, their count, or an error.
+
+    `num_correct` counts target tokens that are the model's argmax (for token
+    accuracy); None when the request failed.
+    """
+
+    log_likelihood: float | None
+    num_tokens: int
+    error: str | None = None
+    num_correct: int | None = None

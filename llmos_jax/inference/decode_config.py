@@ -140,3 +140,27 @@ class DecodeConfig:
         if self.method == "beam":
             return self.num_beams
         return self.num_return_sequences
+
+
+def with_default_eos(config: DecodeConfig | None, vocabulary_eos_id: int | None, *,
+                     eos_bound: bool | None = None) -> DecodeConfig:
+    """`config` stopping at the vocabulary's EOS, unless the user chose `eos_id` themselves.
+
+    The one EOS rule of every decoding entry point (`llmos infer`/`eval`,
+    evaluation during training, evaluation predictors, `DecodingEngine`):
+    a chosen `eos_id` wins; otherwise decoding stops at the vocabulary's EOS.
+
+    Args:
+      config: The settings; None: `DecodeConfig()`.
+      vocabulary_eos_id: The vocabulary's EOS id; None when it has none
+        (then `config` is returned as is).
+      eos_bound: Whether the user chose `config.eos_id`, which may be None
+        to mean "never stop at EOS" (e.g. `DecodeConfig.eos_id = None` bound
+        in gin). None: chosen exactly when `config.eos_id` is not None.
+    """
+    config = DecodeConfig() if config is None else config
+    if eos_bound is None:
+        eos_bound = config.eos_id is not None
+    if eos_bound or vocabulary_eos_id is None:
+        return config
+    return dataclasses.replace(config, eos_id=int(vocabulary_eos_id))

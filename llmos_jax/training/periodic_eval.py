@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from llmos_jax.errors import UserError
-from llmos_jax.inference.decode_config import DecodeConfig
+from llmos_jax.inference.decode_config import DecodeConfig, with_default_eos
 from llmos_jax.partitioning import Layout
 from llmos_jax.checkpoints.checkpointer import export_params
 from llmos_jax.objectives import Objective
@@ -196,9 +196,7 @@ class TaskEvaluation:
     def _with_eos(self, decode_config: DecodeConfig | None) -> DecodeConfig | None:
         targets = self._task.output_features.get("targets")
         eos_id = None if targets is None else targets.vocabulary.eos_id
-        if decode_config is None or decode_config.eos_id is not None or eos_id is None:
-            return decode_config
-        return dataclasses.replace(decode_config, eos_id=int(eos_id))
+        return None if decode_config is None else with_default_eos(decode_config, eos_id)
 
     def due(self, step: int, last: bool) -> bool:
         return step % self.every == 0 or last
