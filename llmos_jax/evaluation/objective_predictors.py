@@ -33,6 +33,7 @@ from jax.sharding import Mesh
 from llmos_jax.errors import UserError
 from llmos_jax.evaluation import predictors
 from llmos_jax.inference.decode_config import DecodeConfig, with_default_eos
+from llmos_jax.inference.decoding_engine import DecodingEngine
 from llmos_jax.objectives import Objective
 from llmos_jax.objectives.base import (PREDICTS_SEQUENCE_LABEL, PREDICTS_TEXT,
                                        PREDICTS_TOKEN_LABELS)
@@ -80,7 +81,8 @@ def mesh_batch_size(batch_size: int, mesh: Mesh) -> int:
 def model_functions(objective: Objective, model: nnx.Module, params: Any, *,
                     provider: seqio.Task, lengths: Mapping[str, int], batch_size: int,
                     decode_config: DecodeConfig | None = None, caller: str = "llmos eval",
-                    task_setting: str = "--task") -> dict[str, Any]:
+                    task_setting: str = "--task",
+                    engine: DecodingEngine | None = None) -> dict[str, Any]:
     """`predict_fn`/`score_fn` keyword arguments for `evaluate`, chosen by the objective.
 
     Args:
@@ -94,6 +96,8 @@ def model_functions(objective: Objective, model: nnx.Module, params: Any, *,
         greedy, stopping at the targets vocabulary's EOS.
       caller: Who evaluates, for messages.
       task_setting: The flag or gin parameter that chooses the task, for messages.
+      engine: For generation objectives, an engine of the same model graph kept
+        across calls (periodic evaluation), so its programs compile once.
 
     Raises:
       UserError: an objective no predictor serves, or a task without the
@@ -114,6 +118,8 @@ def model_functions(objective: Objective, model: nnx.Module, params: Any, *,
     return {
         "predict_fn": predictors.generator(model, params, vocabulary=vocabulary,
                                            decode_config=decode_config,
-                                           max_input_length=max_input, batch_size=batch_size),
-        "score_fn": predictors.target_scorer(model, params, max_input_length=max_input),
+                                           max_input_length=max_input, batch_size=batch_size,
+                                           engine=engine),
+        "score_fn": predictors.target_scorer(model, params, max_input_length=max_input,
+                                             engine=engine),
     }

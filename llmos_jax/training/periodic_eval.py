@@ -36,6 +36,8 @@ import numpy as np
 
 from llmos_jax.errors import UserError
 from llmos_jax.inference.decode_config import DecodeConfig, with_default_eos
+from llmos_jax.inference.decoding_engine import DecodingEngine
+from llmos_jax.objectives.base import PREDICTS_TEXT
 from llmos_jax.partitioning import Layout
 from llmos_jax.checkpoints.checkpointer import export_params
 from llmos_jax.objectives import Objective
@@ -188,6 +190,7 @@ class TaskEvaluation:
         self._lengths = feature_lengths(sequence_length, self._task)
         self._batch_size = mesh_batch_size(config.batch_size, layout.mesh)
         self._decode_config = self._with_eos(config.decode_config)
+        self._engine: DecodingEngine | None = None
         self._model_dir, self._write = model_dir, write
         self.results: dict[str, dict[str, float]] = {}
         self.best = (_read_best(model_dir / BEST_DIRNAME, config.keep_best_metric, config.mode)
@@ -207,11 +210,15 @@ class TaskEvaluation:
         from llmos_jax.evaluation.objective_predictors import model_functions
 
         started = time.perf_counter()
+        model = self._spec.merge(params)
+        if self._engine is None and getattr(self._objective, "predicts", None) == PREDICTS_TEXT:
+            # One engine for the whole run: each evaluation reuses its compiled programs.
+            self._engine = DecodingEngine(model, params)
         functions = model_functions(
-            self._objective, self._spec.merge(params), params, provider=self._task,
+            self._objective, model, params, provider=self._task,
             lengths=self._lengths, batch_size=self._batch_size,
             decode_config=self._decode_config, caller="train.evaluator",
-            task_setting="PeriodicEvaluator.task_name")
+            task_setting="PeriodicEvaluator.task_name", engine=self._engine)
         self.results = evaluate(
             self.task_name, self.split, **functions,
             output_dir=self._model_dir if self._write else None, step=step,

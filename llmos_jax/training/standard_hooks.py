@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import jax
 
 from llmos_jax.checkpoints.checkpointer import Checkpointer, export_params
+from llmos_jax.inference.decoding_engine import DecodingEngine
 from llmos_jax.inference.preview_sampler import sample_tokens
 from llmos_jax.monitoring.flops import mfu
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
@@ -191,11 +192,13 @@ class PreviewSamples:
 
     def _sample(self, params) -> list[str]:
         host_params = jax.device_get(params)
+        engine = DecodingEngine(self._spec.merge(host_params), host_params)  # one for all prompts
         vocabulary, texts = self._vocabulary, []
         for index, prompt in enumerate(self._prompts):
             ids = sample_tokens(self._spec.graphdef, host_params, vocabulary.encode(prompt),
                                 max_len=self._max_len, max_new_tokens=self._new_tokens,
                                 temperature=self._temperature, top_k=self._top_k,
-                                seed=self._seed + index, eos_id=vocabulary.eos_id)
+                                seed=self._seed + index, eos_id=vocabulary.eos_id,
+                                engine=engine)
             texts.append(vocabulary.decode([i for i in ids if i != vocabulary.eos_id]))
         return texts
