@@ -36,8 +36,7 @@ from llmos_jax.models.families import (ArchitectureKind, ModelFamily, family_for
                                        family_of, get_family, register, unregister)
 from llmos_jax.objectives import CausalLm, Seq2Seq, SequenceClassification
 from llmos_jax.objectives.model_building import model_spec
-from llmos_jax.partitioning import (DEFAULT_RULES, LogicalSharder, MeshConfig, build_mesh,
-                                    host_local_to_global)
+from llmos_jax.partitioning import Layout, MeshConfig
 from llmos_jax.training.optimizers import current_learning_rate, make_optimizer
 from llmos_jax.training.train_state import init_train_state, state_shardings
 from llmos_jax.training.train_step import StepConfig, jit_train_step, make_train_step
@@ -189,22 +188,22 @@ def test_a_registered_toy_family_trains_decodes_evaluates_and_counts_flops(toy_f
 
     # Training: the objective builds the toy's model; the sharded train step learns "abc" cycles.
     objective = CausalLm()
-    mesh = build_mesh(MeshConfig(data=2, fsdp=4, tensor=1))
+    layout = Layout.build(MeshConfig(data=2, fsdp=4, tensor=1))
     spec = model_spec(lambda rngs: objective.build_model(
-        TOY_CONFIG, rngs=rngs, shard=LogicalSharder(mesh, DEFAULT_RULES)), seed=0)
+        TOY_CONFIG, rngs=rngs, shard=layout.activation_sharder), seed=0)
     tx = make_optimizer(name="adamw", learning_rate=3e-2, weight_decay=0.0, grad_clip_norm=1.0)
-    shardings = state_shardings(spec, tx, mesh, DEFAULT_RULES)
+    shardings = state_shardings(spec, tx, layout)
     # 8 rows of 12 tokens, the cycle started at each letter: only "next letter" fits them all.
     cycle = np.array([VOCAB.encode(("abc" * 5)[row % 3:][:12]) for row in range(8)], np.int32)
     batch = {"decoder_input_tokens": np.pad(cycle[:, :-1], [(0, 0), (1, 0)]),
              "decoder_target_tokens": cycle,
              "decoder_loss_weights": np.ones(cycle.shape, np.float32)}
     step = jit_train_step(make_train_step(spec, tx, current_learning_rate,
-                                          StepConfig(microbatches=1, use_dropout=False), mesh,
-                                          DEFAULT_RULES, objective),
-                          shardings, {k: v.ndim for k, v in batch.items()}, mesh, DEFAULT_RULES)
+                                          StepConfig(microbatches=1, use_dropout=False), layout,
+                                          objective),
+                          shardings, {k: v.ndim for k, v in batch.items()}, layout)
     state = init_train_state(spec, tx, shardings)
-    device_batch = host_local_to_global(batch, mesh, DEFAULT_RULES)
+    device_batch = layout.global_batch(batch)
     losses = []
     for _ in range(30):
         state, step_metrics = step(state, device_batch)
