@@ -19,9 +19,8 @@ from flax import nnx
 
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
-from llmos_jax.models.builders import attention_for, mlp_for, norm_for
+from llmos_jax.models.builders import attention_for, dense_for, mlp_for, norm_for
 from llmos_jax.models.config import TransformerConfig
-from llmos_jax.models.dense import Dense
 from llmos_jax.models.dropout import dropout, split_key
 from llmos_jax.models.embeddings import PositionEmbedding, TokenEmbedding
 from llmos_jax.models.layer_stack import make_blocks, run_blocks
@@ -138,8 +137,8 @@ class Encoder(nnx.Module):
         self.layers = make_blocks(lambda r: EncoderBlock(config, post_norm=post_norm, rngs=r),
                                   config.num_layers, scan=config.scan_layers, rngs=rngs)
         self.final_norm = None if post_norm else norm_for(config, rngs)
-        self.pooler = (Dense((config.embed_dim,), (config.embed_dim,), (axes.EMBED,),
-                             (axes.EMBED,), use_bias=config.use_bias, **common)
+        self.pooler = (dense_for(config, rngs, config.embed_dim, config.embed_dim, axes.EMBED,
+                                 axes.EMBED)
                        if config.pooler else None)
 
     def __call__(self, tokens: jax.Array, *, token_type_ids: jax.Array | None = None,
