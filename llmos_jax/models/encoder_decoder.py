@@ -27,7 +27,7 @@ from llmos_jax.models.builders import attention_for, lm_head_for, mlp_for, norm_
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.dropout import dropout, split_key
 from llmos_jax.models.embeddings import TokenEmbedding
-from llmos_jax.models.encoder import EncoderBlock
+from llmos_jax.models.encoder_block import EncoderBlock
 from llmos_jax.models.layer_stack import make_blocks, run_blocks
 from llmos_jax.models.relative_position import RelativePositionBias
 
