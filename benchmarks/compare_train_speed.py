@@ -205,8 +205,10 @@ def _matmul_peak(framework: str, size: int, repeats: int = 10) -> float:
 def _apply_jax_ablations(args) -> None:
     """Undoes one of the framework's CPU speed-ups in this worker (see docs/performance.md)."""
     if args.jax_scan_unroll:
-        from llmos_jax.models import decoder
-        decoder.layer_scan_unroll = lambda num_layers: args.jax_scan_unroll
+        from llmos_jax.models import decoder, layer_stack
+        # Every family's stack reads it from layer_stack; older trees kept it in decoder.
+        owner = layer_stack if hasattr(layer_stack, "layer_scan_unroll") else decoder
+        owner.layer_scan_unroll = lambda num_layers: args.jax_scan_unroll
     if args.jax_attention_grad == "autodiff":
         from llmos_jax.models import attention
 

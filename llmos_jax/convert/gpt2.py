@@ -26,20 +26,18 @@ The fused ``c_attn`` output is ``[q | k | v]``, each head-major (column
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from llmos_jax.convert import hf_checkpoint
-from llmos_jax.convert.tensor_mapping import (LAYER, MappingTable, TensorRule, flatten_params,
-                                              renamed, transposed, unflatten_params)
+from llmos_jax.convert.model_params import (abstract_model, apply_overrides, convert_into,
+                                            converted_params, host_params)
+from llmos_jax.convert.tensor_mapping import LAYER, MappingTable, TensorRule, renamed, transposed
 from llmos_jax.errors import UserError
 from llmos_jax.models import DecoderLM, TransformerConfig
 
@@ -106,18 +104,7 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> Transforme
         use_bias=True, tie_embeddings=bool(hf["tie_word_embeddings"]),
         dropout_rate=hf["resid_pdrop"], init_std=hf["initializer_range"],
     )
-    from_file = TransformerConfig(**fields)
-    known = {field.name for field in dataclasses.fields(TransformerConfig)}
-    for field, value in overrides.items():
-        if field not in known:
-            raise UserError(f"{field!r} is not a TransformerConfig field; valid overrides: "
-                            f"{', '.join(sorted(known - set(ARCHITECTURE_FIELDS)))}.")
-        if field in ARCHITECTURE_FIELDS and value != getattr(from_file, field):
-            raise UserError(
-                f"cannot override TransformerConfig.{field}={value!r} when importing GPT-2: "
-                f"config.json fixes it to {getattr(from_file, field)!r}; drop the override."
-            )
-    return dataclasses.replace(from_file, **overrides)
+    return apply_overrides(TransformerConfig(**fields), overrides, ARCHITECTURE_FIELDS, "GPT-2")
 
 
 def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
@@ -227,7 +214,8 @@ def load_gpt2_params(checkpoint: hf_checkpoint.HfCheckpoint,
     ``DecoderLM(config)``, so a model built elsewhere (e.g. sharded by the
     trainer) takes it with ``nnx.replace_by_pure_dict``.
     """
-    return _params_for(checkpoint, config, _abstract_model(config))
+    return converted_params(_abstract_decoder(config), _table_for(checkpoint, config),
+                            checkpoint.tensors, checkpoint.weights_description)
 
 
 def import_gpt2(directory: str | os.PathLike, **overrides: Any) -> DecoderLM:
@@ -245,11 +233,8 @@ def import_gpt2(directory: str | os.PathLike, **overrides: Any) -> DecoderLM:
     """
     checkpoint = hf_checkpoint.read_checkpoint(directory)
     config = config_from_hf(checkpoint.config, **overrides)
-    abstract = _abstract_model(config)
-    params = _params_for(checkpoint, config, abstract)
-    graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(jnp.asarray, params))
-    return nnx.merge(graphdef, state, rest)
+    return convert_into(_abstract_decoder(config), _table_for(checkpoint, config),
+                        checkpoint.tensors, checkpoint.weights_description)
 
 
 def export_gpt2(model: DecoderLM, directory: str | os.PathLike, *,
@@ -266,28 +251,20 @@ def export_gpt2(model: DecoderLM, directory: str | os.PathLike, *,
       extra_config: Fields added to config.json last, e.g. tokenizer ids
         (``bos_token_id``, ``eos_token_id``, ``pad_token_id``).
     """
-    config = model.config
-    hf_config = config_to_hf(config)
+    hf_config = config_to_hf(model.config)
     hf_config.update(extra_config or {})
-    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    params = {path: np.asarray(jax.device_get(leaf)) for path, leaf in flatten_params(pure).items()}
-    tensors = mapping_table(config).params_to_hf_tensors(params)
+    tensors = mapping_table(model.config).params_to_hf_tensors(host_params(model))
     hf_checkpoint.write_checkpoint(directory, hf_config, tensors)
 
 
-def _abstract_model(config: TransformerConfig) -> DecoderLM:
-    """The model's structure and parameter shapes, without allocating weights."""
-    return nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0)))
+def _abstract_decoder(config: TransformerConfig) -> DecoderLM:
+    return abstract_model(lambda: DecoderLM(config, rngs=nnx.Rngs(0)))
 
 
-def _params_for(checkpoint: hf_checkpoint.HfCheckpoint, config: TransformerConfig,
-                abstract: DecoderLM) -> dict:
-    specs = {path: (leaf.shape, leaf.dtype) for path, leaf in
-             flatten_params(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
+def _table_for(checkpoint: hf_checkpoint.HfCheckpoint, config: TransformerConfig) -> MappingTable:
+    """The table for this file's naming: ``GPT2LMHeadModel`` (prefixed) or bare ``GPT2Model``."""
     prefix = HF_PREFIX if any(key.startswith(HF_PREFIX) for key in checkpoint.tensors) else ""
-    table = mapping_table(config, hf_prefix=prefix)
-    params = table.hf_tensors_to_params(checkpoint.tensors, specs, checkpoint.weights_description)
-    return unflatten_params(params)
+    return mapping_table(config, hf_prefix=prefix)
 
 
 def _norm_rules(hf_name: str, dim: int, our_path: tuple[str, ...]) -> tuple[TensorRule, TensorRule]:

@@ -2,7 +2,8 @@
 
 from llmos_jax.models.config import TransformerConfig, gpt2_config, llama_style_config
 from llmos_jax.models.decoder import DecoderBlock, DecoderLM
-from llmos_jax.models.encoder import Encoder, EncoderBlock, EncoderConfig, bert_config
+from llmos_jax.models.encoder import Encoder, EncoderConfig, bert_config
+from llmos_jax.models.encoder_block import EncoderBlock
 from llmos_jax.models.encoder_decoder import EncoderDecoderConfig, EncoderDecoderLM, t5_config
 from llmos_jax.models.heads import (EncoderForPreTraining, EncoderForSequenceClassification,
                                     EncoderForTokenClassification)

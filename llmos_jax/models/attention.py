@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmos_jax.models import axes
-from llmos_jax.models.dense import Dense
+from llmos_jax.models.dense import Dense, DenseFactory
 from llmos_jax.models.dropout import dropout, split_key
 from llmos_jax.models.embeddings import apply_rope
 
@@ -66,25 +66,27 @@ class SelfAttention(nnx.Module):
     """Projections q, k, v, out with kernels [embed, heads, kv] and [heads, kv, embed].
 
     `scale_queries=False` drops the 1/sqrt(head_dim) factor (T5 folds it into
-    the initialisation instead).
+    the initialisation instead). `dense` builds the four projections
+    (`llmos_jax.models.builders` chooses it).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  use_bias: bool, init_std: float, out_init_std: float, impl: str,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs, scale_queries: bool = True):
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs, scale_queries: bool = True,
+                 dense: DenseFactory = Dense):
         self.scale_queries = scale_queries
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.impl = impl
         common = dict(use_bias=use_bias, param_dtype=param_dtype, rngs=rngs)
-        self.query = Dense((embed_dim,), (num_heads, head_dim), (axes.EMBED,),
+        self.query = dense((embed_dim,), (num_heads, head_dim), (axes.EMBED,),
                            (axes.HEADS, axes.KV), init_std=init_std, **common)
-        self.key = Dense((embed_dim,), (num_kv_heads, head_dim), (axes.EMBED,),
+        self.key = dense((embed_dim,), (num_kv_heads, head_dim), (axes.EMBED,),
                          (axes.KV_HEADS, axes.KV), init_std=init_std, **common)
-        self.value = Dense((embed_dim,), (num_kv_heads, head_dim), (axes.EMBED,),
+        self.value = dense((embed_dim,), (num_kv_heads, head_dim), (axes.EMBED,),
                            (axes.KV_HEADS, axes.KV), init_std=init_std, **common)
-        self.out = Dense((num_heads, head_dim), (embed_dim,), (axes.HEADS, axes.KV),
+        self.out = dense((num_heads, head_dim), (embed_dim,), (axes.HEADS, axes.KV),
                          (axes.EMBED,), init_std=out_init_std, **common)
 
     def __call__(self, x: jax.Array, *, positions: jax.Array, segment_ids: jax.Array | None,

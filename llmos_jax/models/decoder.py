@@ -1,56 +1,36 @@
 """A decoder-only Transformer language model in Flax NNX.
 
 Pre-norm blocks (norm -> attention -> residual, norm -> MLP -> residual), as in
-GPT-2 and Llama. With `scan_layers`, the blocks' parameters are stacked along a
-leading `layers` axis and run by `jax.lax.scan`, so compile time does not grow
-with depth; each block can be rematerialised in the backward pass.
+GPT-2 and Llama. Sublayers come from `llmos_jax.models.builders` and the
+stack from `llmos_jax.models.layer_stack`, as in the encoder families: with
+`scan_layers`, the blocks' parameters are stacked along a leading `layers`
+axis and run by `jax.lax.scan` (compile time does not grow with depth,
+unrolled on CPU); each block can be rematerialised in the backward pass.
 """
 
 from __future__ import annotations
-
-import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from llmos_jax.models import axes
-from llmos_jax.models.attention import SelfAttention, cached_attention_mask
+from llmos_jax.models.attention import cached_attention_mask
+from llmos_jax.models.builders import attention_for, lm_head_for, mlp_for, norm_for
 from llmos_jax.models.config import TransformerConfig
-from llmos_jax.models.dense import Dense
 from llmos_jax.models.dropout import dropout, split_key
 from llmos_jax.models.embeddings import PositionEmbedding, TokenEmbedding
-from llmos_jax.models.mlp import Mlp
-from llmos_jax.models.norms import Norm
-
-_REMAT_POLICIES: dict[str, Callable | None] = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
-
-def _norm(config: TransformerConfig, rngs: nnx.Rngs) -> Norm:
-    return Norm(config.embed_dim, kind=config.norm, eps=config.norm_eps,
-                use_bias=config.use_bias, param_dtype=config.storage_dtype, rngs=rngs)
+from llmos_jax.models.layer_stack import make_blocks, run_blocks
 
 
 class DecoderBlock(nnx.Module):
     """One pre-norm Transformer block."""
 
     def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-        out_std = config.init_std / math.sqrt(2 * config.num_layers)
-        self.attn_norm = _norm(config, rngs)
-        self.attn = SelfAttention(
-            config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim,
-            use_bias=config.use_bias, init_std=config.init_std, out_init_std=out_std,
-            impl=config.attention_impl, param_dtype=config.storage_dtype, rngs=rngs)
-        self.mlp_norm = _norm(config, rngs)
-        self.mlp = Mlp(config.embed_dim, config.mlp_dim, activation=config.mlp_activation,
-                       gated=config.gated_mlp, use_bias=config.use_bias,
-                       init_std=config.init_std, out_init_std=out_std,
-                       param_dtype=config.storage_dtype, rngs=rngs)
+        self.attn_norm = norm_for(config, rngs)
+        self.attn = attention_for(config, rngs)
+        self.mlp_norm = norm_for(config, rngs)
+        self.mlp = mlp_for(config, rngs)
 
     def __call__(self, x: jax.Array, *, positions: jax.Array, segment_ids: jax.Array | None,
                  config: TransformerConfig, shard: axes.ActivationSharder,
@@ -105,17 +85,10 @@ class DecoderLM(nnx.Module):
                               param_dtype=config.storage_dtype, rngs=rngs)
             if config.position_embedding == "learned" else None
         )
-        if config.scan_layers:
-            self.layers = _stacked_blocks(config, rngs)
-        else:
-            self.layers = nnx.List([DecoderBlock(config, rngs=rngs) for _ in range(config.num_layers)])
-        self.final_norm = _norm(config, rngs)
-        self.lm_head = (
-            None if config.tie_embeddings else
-            Dense((config.embed_dim,), (config.vocab_size,), (axes.EMBED,), (axes.VOCAB,),
-                  use_bias=False, init_std=config.init_std,
-                  param_dtype=config.storage_dtype, rngs=rngs)
-        )
+        self.layers = make_blocks(lambda r: DecoderBlock(config, rngs=r), config.num_layers,
+                                  scan=config.scan_layers, rngs=rngs)
+        self.final_norm = norm_for(config, rngs)
+        self.lm_head = lm_head_for(config, rngs)
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None,
                  segment_ids: jax.Array | None = None,
@@ -200,57 +173,10 @@ class DecoderLM(nnx.Module):
     def _run_layers(self, x, positions, segment_ids, key):
         config, shard = self.config, self.shard
 
-        def apply_block(block: DecoderBlock, x, layer_key):
-            return block(x, positions=positions, segment_ids=segment_ids, config=config,
+        def apply_block(block: DecoderBlock, h, layer_key):
+            return block(h, positions=positions, segment_ids=segment_ids, config=config,
                          shard=shard, dropout_key=layer_key)
 
-        keys = (jnp.stack(split_key(key, config.num_layers)) if key is not None else None)
-        if not config.scan_layers:
-            for i, block in enumerate(self.layers):
-                step = (nnx.remat(apply_block, policy=_REMAT_POLICIES[config.remat_policy])
-                        if config.remat_policy != "none" else apply_block)
-                x = step(block, x, None if keys is None else keys[i])
-            return x
-
-        graphdef, state = nnx.split(self.layers)
-
-        def body(carry, scanned):
-            layer_state, layer_key = scanned
-            return apply_block(nnx.merge(graphdef, layer_state), carry, layer_key), None
-
-        if config.remat_policy != "none":
-            body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat_policy],
-                                  prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, (state, keys), unroll=layer_scan_unroll(config.num_layers))
-        return x
-
-
-# Deepest stack that is unrolled on CPU. Unrolling costs compile time roughly
-# linear in depth; CPU-sized models are shallow.
-_CPU_UNROLL_MAX_LAYERS = 48
-
-
-def layer_scan_unroll(num_layers: int) -> int:
-    """How many stacked layers one iteration of the layer scan runs.
-
-    On CPU the whole stack is unrolled: the parameter layout stays stacked
-    (a leading `layers` axis), but XLA:CPU then runs straight-line code
-    instead of a while loop that zero-fills and copies the stacked
-    residuals and gradients every step (a third of a small model's step time,
-    see docs/performance.md). Elsewhere the loop stays rolled, so compile time
-    does not grow with depth.
-    """
-    if jax.default_backend() == "cpu" and num_layers <= _CPU_UNROLL_MAX_LAYERS:
-        return max(num_layers, 1)
-    return 1
-
-
-def _stacked_blocks(config: TransformerConfig, rngs: nnx.Rngs) -> DecoderBlock:
-    """`num_layers` blocks with parameters stacked on a leading `layers` axis."""
-
-    @nnx.split_rngs(splits=config.num_layers)
-    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: axes.LAYERS})
-    def make_block(rngs: nnx.Rngs) -> DecoderBlock:
-        return DecoderBlock(config, rngs=rngs)
-
-    return make_block(rngs)
+        return run_blocks(self.layers, x, apply_block, num_layers=config.num_layers,
+                          scan=config.scan_layers, remat_policy=config.remat_policy,
+                          dropout_key=key)

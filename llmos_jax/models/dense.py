@@ -7,7 +7,7 @@ any reshapes in the model.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,3 +44,16 @@ class Dense(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y
+
+
+class DenseFactory(Protocol):
+    """Builds a projection with `Dense`'s signature and parameter layout.
+
+    `SelfAttention` and `Mlp` take one, so that `llmos_jax.models.builders`
+    decides, in one place for every family, what kind of projection a model
+    has (plain today; adapters or quantized kernels plug in there).
+    """
+
+    def __call__(self, in_features: Sequence[int], out_features: Sequence[int],
+                 in_axes: axes.LogicalAxes, out_axes: axes.LogicalAxes, *, use_bias: bool,
+                 init_std: float, param_dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Module: ...

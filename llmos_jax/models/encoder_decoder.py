@@ -23,12 +23,11 @@ from flax import nnx
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
 from llmos_jax.models.attention import cached_attention_mask
-from llmos_jax.models.builders import attention_for, mlp_for, norm_for
+from llmos_jax.models.builders import attention_for, lm_head_for, mlp_for, norm_for
 from llmos_jax.models.config import TransformerConfig
-from llmos_jax.models.dense import Dense
 from llmos_jax.models.dropout import dropout, split_key
 from llmos_jax.models.embeddings import TokenEmbedding
-from llmos_jax.models.encoder import EncoderBlock
+from llmos_jax.models.encoder_block import EncoderBlock
 from llmos_jax.models.layer_stack import make_blocks, run_blocks
 from llmos_jax.models.relative_position import RelativePositionBias
 
@@ -166,10 +165,7 @@ class EncoderDecoderLM(nnx.Module):
             lambda r: CrossAttentionDecoderBlock(config, rngs=r),
             config.num_decoder_layers, scan=config.scan_layers, rngs=rngs)
         self.decoder_norm = norm_for(config, rngs)
-        self.lm_head = (
-            None if config.tie_embeddings else
-            Dense((config.embed_dim,), (config.vocab_size,), (axes.EMBED,), (axes.VOCAB,),
-                  use_bias=False, **common))
+        self.lm_head = lm_head_for(config, rngs)
 
     def encode(self, tokens: jax.Array, *, segment_ids: jax.Array | None = None,
                dropout_key: jax.Array | None = None) -> jax.Array:

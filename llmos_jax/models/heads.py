@@ -20,8 +20,7 @@ from flax import nnx
 
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
-from llmos_jax.models.builders import norm_for
-from llmos_jax.models.dense import Dense
+from llmos_jax.models.builders import dense_for, norm_for
 from llmos_jax.models.dropout import dropout
 from llmos_jax.models.embeddings import TokenEmbedding
 from llmos_jax.models.encoder import Encoder, EncoderConfig
@@ -35,10 +34,8 @@ class MaskedLmHead(nnx.Module):
 
     def __init__(self, config: EncoderConfig, *, rngs: nnx.Rngs):
         self.activation = config.mlp_activation
-        self.transform = Dense((config.embed_dim,), (config.embed_dim,), (axes.EMBED,),
-                               (axes.EMBED,), use_bias=config.use_bias,
-                               init_std=config.init_std, param_dtype=config.storage_dtype,
-                               rngs=rngs)
+        self.transform = dense_for(config, rngs, config.embed_dim, config.embed_dim, axes.EMBED,
+                                   axes.EMBED)
         self.transform_norm = norm_for(config, rngs)
         self.bias = axes.make_param(rngs, nnx.initializers.zeros, (config.vocab_size,),
                                     (axes.VOCAB,), config.storage_dtype)
@@ -56,9 +53,8 @@ class ClassifierHead(nnx.Module):
             raise UserError(f"num_classes must be positive, got {num_classes}; pass the number "
                             "of labels of your task.")
         self.dropout_rate = config.dropout_rate
-        self.dense = Dense((config.embed_dim,), (num_classes,), (axes.EMBED,), (axes.CLASSES,),
-                           use_bias=True, init_std=config.init_std,
-                           param_dtype=config.storage_dtype, rngs=rngs)
+        self.dense = dense_for(config, rngs, config.embed_dim, num_classes, axes.EMBED,
+                               axes.CLASSES, use_bias=True)
 
     def __call__(self, features: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         return self.dense(dropout(features, self.dropout_rate, dropout_key)).astype(jnp.float32)

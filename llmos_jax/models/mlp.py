@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmos_jax.models import axes
-from llmos_jax.models.dense import Dense
+from llmos_jax.models.dense import Dense, DenseFactory
 from llmos_jax.models.dropout import dropout, split_key
 
 # Name -> elementwise function; also used by the masked-LM head's transform.
@@ -22,24 +22,27 @@ ACTIVATIONS = {
 
 
 class Mlp(nnx.Module):
-    """`wo(act(wi(x)))`, or `wo(act(wi_gate(x)) * wi_up(x))` when gated."""
+    """`wo(act(wi(x)))`, or `wo(act(wi_gate(x)) * wi_up(x))` when gated.
+
+    `dense` builds the projections (`llmos_jax.models.builders` chooses it).
+    """
 
     def __init__(self, embed_dim: int, mlp_dim: int, *, activation: str, gated: bool,
                  use_bias: bool, init_std: float, out_init_std: float,
-                 param_dtype: jnp.dtype, rngs: nnx.Rngs):
+                 param_dtype: jnp.dtype, rngs: nnx.Rngs, dense: DenseFactory = Dense):
         self.activation = activation
         common = dict(use_bias=use_bias, param_dtype=param_dtype, rngs=rngs)
         if gated:
-            self.wi_gate = Dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
+            self.wi_gate = dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
                                  init_std=init_std, **common)
-            self.wi_up = Dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
+            self.wi_up = dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
                                init_std=init_std, **common)
             self.wi = None
         else:
-            self.wi = Dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
+            self.wi = dense((embed_dim,), (mlp_dim,), (axes.EMBED,), (axes.MLP,),
                             init_std=init_std, **common)
             self.wi_gate = self.wi_up = None
-        self.wo = Dense((mlp_dim,), (embed_dim,), (axes.MLP,), (axes.EMBED,),
+        self.wo = dense((mlp_dim,), (embed_dim,), (axes.MLP,), (axes.EMBED,),
                         init_std=out_init_std, **common)
 
     def __call__(self, x: jax.Array, *, shard: axes.ActivationSharder,
