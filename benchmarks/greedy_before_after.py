@@ -5,12 +5,16 @@ Works with trees before `DecodingEngine` (module-level `generate` cache) and aft
 Needs a GPT-2-small directory made by `benchmarks/decode_speed.build_hf_model(DIR)`.
 ABL_JIT=1 swaps the engine's ahead-of-time compiled programs for plain `jax.jit`.
 
-    PYTHONPATH=TREE python benchmarks/greedy_before_after.py   # alternate the trees
+    GPT2_DIR=DIR PYTHONPATH=TREE python benchmarks/greedy_before_after.py   # alternate the trees
 """
+import os
+import statistics
+import time
+
 import numpy as np
 from llmos_jax.convert.hf_models import import_hf_model
 from llmos_jax.inference import DecodeConfig
-model = import_hf_model('/tmp/gpt2dir', dropout_rate=0.0)
+model = import_hf_model(os.environ.get('GPT2_DIR', '/tmp/gpt2dir'), dropout_rate=0.0)
 try:
     from llmos_jax.inference import DecodingEngine
     if os.environ.get("ABL_JIT"):
