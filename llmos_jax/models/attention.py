@@ -49,17 +49,46 @@ def attention_mask(query_segments: jax.Array | None, key_segments: jax.Array | N
 CACHE_AXES: axes.LogicalAxes = (axes.ACT_BATCH, axes.ACT_HEADS, axes.ACT_LENGTH, axes.ACT_KV)
 
 
+def query_slots(write_index: jax.Array, query_len: int) -> jax.Array:
+    """Cache slots of `query_len` new tokens written from `write_index` on.
+
+    `write_index` is a scalar (every row writes at the same slot: batch decoding
+    of left-padded prompts) or int [batch] (each row at its own slot: the serving
+    engine's continuous batch). Returns [query] or [batch, query].
+    """
+    offsets = jnp.arange(query_len, dtype=jnp.int32)
+    if jnp.ndim(write_index) == 0:
+        return write_index + offsets
+    return write_index[:, None] + offsets[None, :]
+
+
 def cached_attention_mask(key_valid: jax.Array, write_index: jax.Array,
                           query_len: int) -> jax.Array:
     """Boolean [batch, 1, query, slots] mask for decoding over a preallocated cache.
 
-    The `query_len` new tokens occupy slots `write_index ...`; each sees the
-    valid slots (`key_valid` [batch, slots], False for padding) up to its own.
+    The `query_len` new tokens occupy slots `write_index ...` (a scalar, or one
+    index per row); each sees the valid slots (`key_valid` [batch, slots], False
+    for padding) up to its own. Slots past a row's own write position are masked,
+    so whatever an earlier request left there is never read.
     """
     slots = jnp.arange(key_valid.shape[1])
-    query_slots = write_index + jnp.arange(query_len)
-    causal = slots[None, :] <= query_slots[:, None]  # [query, slots]
-    return jnp.logical_and(key_valid[:, None, None, :], causal[None, None])
+    queries = query_slots(write_index, query_len)
+    causal = slots <= queries[..., None]  # [query, slots] or [batch, query, slots]
+    causal = causal[None, None] if causal.ndim == 2 else causal[:, None]
+    return jnp.logical_and(key_valid[:, None, None, :], causal)
+
+
+def write_cache(cache: jax.Array, new: jax.Array, write_index: jax.Array) -> jax.Array:
+    """`new` [batch, kv_heads, t, head_dim] written into `cache` [batch, kv_heads, slots, head_dim].
+
+    At slot `write_index` for every row (a scalar), or at each row's own slot
+    (int [batch]); in place when the cache buffer is donated.
+    """
+    new = new.astype(cache.dtype)
+    if jnp.ndim(write_index) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(cache, new, write_index, axis=2)
+    return jax.vmap(lambda row, update, index: jax.lax.dynamic_update_slice_in_dim(
+        row, update, index, axis=1))(cache, new, write_index)
 
 
 class SelfAttention(nnx.Module):
@@ -139,8 +168,9 @@ class SelfAttention(nnx.Module):
         Args:
           keys, values: This layer's cache, [batch, kv_heads, slots, head_dim]
             (`llmos_jax.inference.kv_cache`: heads before slots).
-          write_index: Slot of the first new token; their keys and values are
-            written at `write_index ... write_index + t - 1`.
+          write_index: Slot of the first new token, a scalar or one per row
+            (int [batch]); their keys and values are written at
+            `write_index ... write_index + t - 1`.
           mask: [batch, 1, t, slots] (`cached_attention_mask`).
           positions: int [batch, t] positions of the new tokens (RoPE).
           bias: [batch|1, heads, t, slots] additive score bias (T5).
@@ -155,10 +185,8 @@ class SelfAttention(nnx.Module):
         if rope_theta is not None:
             q = apply_rope(q, positions, rope_theta)
             k = apply_rope(k, positions, rope_theta)
-        keys = shard(jax.lax.dynamic_update_slice_in_dim(
-            keys, k.swapaxes(1, 2).astype(keys.dtype), write_index, axis=2), CACHE_AXES)
-        values = shard(jax.lax.dynamic_update_slice_in_dim(
-            values, v.swapaxes(1, 2).astype(values.dtype), write_index, axis=2), CACHE_AXES)
+        keys = shard(write_cache(keys, k.swapaxes(1, 2), write_index), CACHE_AXES)
+        values = shard(write_cache(values, v.swapaxes(1, 2), write_index), CACHE_AXES)
         y = self._cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, bias)
         return self.out(shard(y, head_axes)), keys, values
 

@@ -145,7 +145,8 @@ class DecoderLM(nnx.Module):
           positions: int [batch, t] their positions (slot minus the row's
             padding, for left-padded prompts).
           keys, values: One [batch, slots, kv_heads, head_dim] cache per layer.
-          write_index: int scalar.
+          write_index: int scalar, or int [batch] when each row writes at its
+            own slot (the serving engine's slots; masking then follows each row).
           key_valid: bool [batch, slots]; False marks padding slots.
 
         Returns:

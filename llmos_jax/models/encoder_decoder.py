@@ -22,7 +22,7 @@ from flax import nnx
 
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
-from llmos_jax.models.attention import cached_attention_mask
+from llmos_jax.models.attention import cached_attention_mask, query_slots
 from llmos_jax.models.builders import attention_for, lm_head_for, mlp_for, norm_for
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.dropout import dropout, split_key
@@ -241,7 +241,7 @@ class EncoderDecoderLM(nnx.Module):
           keys, values: One [batch, slots, kv_heads, head_dim] self-attention
             cache per decoder layer.
           cross_keys, cross_values: `cross_keys_values(encoded)`.
-          write_index: int scalar.
+          write_index: int scalar, or int [batch] (each row at its own slot).
           encoder_valid: bool [batch, S]; False marks encoder padding.
 
         Returns:
@@ -253,12 +253,15 @@ class EncoderDecoderLM(nnx.Module):
         x = shard(self.token_embed(tokens, config.compute_dtype, shard), _RESIDUAL)
         batch, length = tokens.shape
         slots = keys[0].shape[2]  # [batch, kv_heads, slots, head_dim]
-        positions = jnp.broadcast_to(write_index + jnp.arange(length, dtype=jnp.int32),
-                                     (batch, length))
+        positions = jnp.broadcast_to(query_slots(write_index, length), (batch, length))
         # The bias of a (query, key) pair depends only on their distance: rows
-        # `write_index ...` of the full slots x slots table.
-        bias = jax.lax.dynamic_slice_in_dim(self.decoder_relative_bias(slots, slots),
-                                            write_index, length, axis=2)
+        # `write_index ...` of the full slots x slots table (per row when each
+        # row writes at its own slot).
+        table = self.decoder_relative_bias(slots, slots)  # [1, heads, slots, slots]
+        if jnp.ndim(write_index) == 0:
+            bias = jax.lax.dynamic_slice_in_dim(table, write_index, length, axis=2)
+        else:
+            bias = jnp.take(table[0], positions, axis=1).transpose(1, 0, 2, 3)
         self_mask = cached_attention_mask(jnp.ones((batch, slots), bool), write_index, length)
         cross_mask = encoder_valid[:, None, None, :]
         new_keys, new_values = [], []

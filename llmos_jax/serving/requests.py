@@ -149,6 +149,7 @@ class FinishEvent:
     prompt_tokens: int
     generated_tokens: int
     message: str = ""  # for ERROR
+    queue_seconds: float | None = None  # arrival until the engine started its prefill
 
 
 Event = TokenEvent | FinishEvent

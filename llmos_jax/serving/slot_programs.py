@@ -1,0 +1,328 @@
+"""The serving engine's device programs: chunked prefill, insert into a slot, one decode step.
+
+The running batch is a `SlotState`: one preallocated KV cache with a row per
+slot, and per slot its length (the next cache position it writes, so each row
+masks and positions by its own length), last token, generated-token counts,
+prompt tokens, banned-until-`min_tokens` tokens and random key. A request's
+prompt is prefilled into a one-row buffer, `prefill_chunk` tokens per call, so a
+long prompt costs the running streams one chunk per engine iteration rather
+than the whole prompt at once; the finished buffer is then copied into a free
+row (`insert`), which also chooses the request's first token with its settings.
+
+Every program has a fixed set of shapes (one prefill chunk size; for
+encoder-decoders, a few encoder-length buckets), and `warm_up` runs each
+before the server reports ready, so a running server never compiles;
+`compilations` counts what was compiled (the engine exports it to /metrics,
+and a test checks it does not move after warm-up). The state is donated to
+each program, so the cache is updated in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from llmos_jax.inference.decoding_model import (
+    is_encoder_decoder,
+    unstack_params,
+    unstacked_structure,
+)
+from llmos_jax.inference.kv_cache import KVCache, empty_cache
+from llmos_jax.serving.slot_sampling import Choice, SlotSettings, choose_tokens, settings_rows
+
+Params = Any
+
+__all__ = ["SlotState", "SlotPrograms", "encoder_buckets"]
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SlotState:
+    """The running batch on the device; every array has one row per slot."""
+
+    cache: KVCache
+    lengths: jax.Array      # int32 [slots]: positions written (the next write position)
+    last_tokens: jax.Array  # int32 [slots]: the token the next decode step feeds
+    generated: jax.Array    # int32 [slots]: tokens generated so far
+    counts: jax.Array       # int32 [slots, vocab]: generated-token counts (penalties)
+    prompt_seen: jax.Array  # bool [slots, vocab]: prompt tokens (repetition penalty)
+    stop_ban: jax.Array     # bool [slots, vocab]: EOS/stop ids, banned below min_tokens
+    keys: jax.Array         # uint32 [slots, 2]: each request's random key
+
+
+def encoder_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
+    """Encoder input lengths compiled for encoder-decoders: powers of two up to `max_len`."""
+    sizes, size = [], min(smallest, max_len)
+    while size < max_len:
+        sizes.append(size)
+        size *= 2
+    return tuple(sizes) + (max_len,)
+
+
+class SlotPrograms:
+    """Compiled programs of one model over `slots` rows of `context` positions.
+
+    Args:
+      model: A decoder or encoder-decoder (NNX module with its weights).
+      slots: Rows of the running batch.
+      context: Cache positions per row (prompt + generated; decoder positions for
+        encoder-decoders).
+      prefill_chunk: Prompt tokens per prefill call (decoders).
+      decoder_start_id: Encoder-decoders' first decoder token.
+      encoder_context: Longest encoder input (encoder-decoders).
+    """
+
+    def __init__(self, model: nnx.Module, *, slots: int, context: int, prefill_chunk: int,
+                 decoder_start_id: int = 0, encoder_context: int | None = None):
+        self.encoder_decoder = is_encoder_decoder(model)
+        self.config = config = model.config
+        self.slots, self.context = slots, context
+        self.vocab_size = config.vocab_size
+        self.chunk_len = min(prefill_chunk, context)
+        # The prefill buffer is a whole number of chunks long, so no chunk write is clamped.
+        self.buffer_len = -(-context // self.chunk_len) * self.chunk_len
+        self.encoder_context = encoder_context or config.max_len
+        self.decoder_start_id = decoder_start_id
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        if config.scan_layers:  # decoding reads per-layer weights in place
+            self.graphdef, abstract = unstacked_structure(type(model), config, model.shard)
+            params = jax.jit(lambda p: unstack_params(p, abstract))(params)
+        else:
+            self.graphdef = nnx.graphdef(model)
+        self.params = params
+        self._shard = model.shard
+        self._programs: list[Callable] = []
+        self._init_fn = self._jit(self._init_state)
+        self._buffer_fn = self._jit(lambda: self._cache(1, self.buffer_len, None))
+        self._chunk_fn = self._jit(self._prefill_chunk, donate=(1,))
+        self._encode_fn = self._jit(self._prefill_encoder)
+        self._insert_fn = self._jit(self._insert, donate=(0,))
+        self._step_fn = self._jit(self._decode_step, donate=(1,))
+
+    # -- shapes ------------------------------------------------------------------
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_decoder_layers if self.encoder_decoder else self.config.num_layers
+
+    def _cache(self, rows: int, length: int, encoder_len: int | None) -> KVCache:
+        config = self.config
+        cache = empty_cache(self.num_layers, rows, length, config.num_kv_heads, config.head_dim,
+                            config.compute_dtype, jnp.ones((rows, length), bool), self._shard)
+        if encoder_len is None:
+            return cache
+        cross = empty_cache(self.num_layers, rows, encoder_len, config.num_kv_heads,
+                            config.head_dim, config.compute_dtype,
+                            jnp.zeros((rows, encoder_len), bool), self._shard)
+        return dataclasses.replace(cache, cross_keys=cross.keys, cross_values=cross.values,
+                                   encoder_valid=cross.key_valid)
+
+    def _init_state(self) -> SlotState:
+        slots, vocab = self.slots, self.vocab_size
+        encoder_len = self.encoder_context if self.encoder_decoder else None
+        zeros = jnp.zeros((slots,), jnp.int32)
+        return SlotState(cache=self._cache(slots, self.context, encoder_len), lengths=zeros,
+                         last_tokens=zeros, generated=zeros,
+                         counts=jnp.zeros((slots, vocab), jnp.int32),
+                         prompt_seen=jnp.zeros((slots, vocab), bool),
+                         stop_ban=jnp.zeros((slots, vocab), bool),
+                         keys=jnp.zeros((slots, 2), jnp.uint32))
+
+    # -- program bodies ----------------------------------------------------------
+
+    def _model(self, params):
+        return nnx.merge(self.graphdef, params)
+
+    def _prefill_chunk(self, params, buffer: KVCache, tokens, start, last):
+        """Writes one chunk [1, C] of a decoder prompt at `start`; logits at chunk index `last`."""
+        model = self._model(params)
+        positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+        hidden, keys, values = model.extend(tokens, positions=positions, keys=buffer.keys,
+                                            values=buffer.values, write_index=start,
+                                            key_valid=buffer.key_valid)
+        last_hidden = jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1)
+        return dataclasses.replace(buffer, keys=keys, values=values), model.logits(last_hidden)[:, 0]
+
+    def _prefill_encoder(self, params, prompt, prompt_valid):
+        """Encodes a [1, bucket] prompt, caches its cross keys/values and runs the start token."""
+        model = self._model(params)
+        encoded = model.encode(prompt, segment_ids=prompt_valid.astype(jnp.int32))
+        cross_keys, cross_values = model.cross_keys_values(encoded)
+        pad = self.encoder_context - prompt.shape[1]
+
+        def widen(a):  # [1, heads, bucket, head_dim] -> [1, heads, encoder_context, head_dim]
+            return jnp.pad(a, ((0, 0), (0, 0), (0, pad), (0, 0)))
+
+        buffer = self._cache(1, self.context, None)
+        buffer = dataclasses.replace(
+            buffer, cross_keys=tuple(map(widen, cross_keys)),
+            cross_values=tuple(map(widen, cross_values)),
+            encoder_valid=jnp.pad(prompt_valid, ((0, 0), (0, pad))))
+        start = jnp.full((1, 1), self.decoder_start_id, jnp.int32)
+        hidden, keys, values = model.extend_decoder(
+            start, keys=buffer.keys, values=buffer.values, cross_keys=buffer.cross_keys,
+            cross_values=buffer.cross_values, write_index=jnp.int32(0),
+            encoder_valid=buffer.encoder_valid)
+        return dataclasses.replace(buffer, keys=keys, values=values), model.logits(hidden)[:, 0]
+
+    def _insert(self, state: SlotState, buffer: KVCache, logits, slot, length, prompt_ids,
+                stop_ban, key, settings: SlotSettings):
+        """Copies a prefilled one-row buffer into row `slot` and chooses its first token."""
+        vocab = self.vocab_size
+        prompt_seen = jnp.zeros((vocab,), bool).at[prompt_ids].max(prompt_ids >= 0)[None]
+        counts = jnp.zeros((1, vocab), jnp.int32)
+        choice = choose_tokens(logits, settings, counts=counts, prompt_seen=prompt_seen,
+                               stop_ban=stop_ban[None], generated=jnp.zeros((1,), jnp.int32),
+                               keys=key[None])
+
+        def put(target, row):  # row [1, ...] into target [slots, ...] at `slot`
+            start = (slot,) + (0,) * (target.ndim - 1)
+            return jax.lax.dynamic_update_slice(target, row.astype(target.dtype), start)
+
+        context = self.context
+        cache = state.cache
+        cache = dataclasses.replace(
+            cache,
+            keys=tuple(put(t, b[:, :, :context]) for t, b in zip(cache.keys, buffer.keys)),
+            values=tuple(put(t, b[:, :, :context]) for t, b in zip(cache.values, buffer.values)),
+            cross_keys=tuple(put(t, b) for t, b in zip(cache.cross_keys, buffer.cross_keys)),
+            cross_values=tuple(put(t, b) for t, b in zip(cache.cross_values,
+                                                         buffer.cross_values)),
+            encoder_valid=(None if cache.encoder_valid is None
+                           else put(cache.encoder_valid, buffer.encoder_valid)))
+        token = choice.tokens
+        state = SlotState(
+            cache=cache,
+            lengths=put(state.lengths, length[None]),
+            last_tokens=put(state.last_tokens, token),
+            generated=put(state.generated, jnp.ones((1,), jnp.int32)),
+            counts=put(state.counts, counts.at[0, token[0]].add(1)),
+            prompt_seen=put(state.prompt_seen, prompt_seen),
+            stop_ban=put(state.stop_ban, stop_ban[None]),
+            keys=put(state.keys, key[None]))
+        return state, choice
+
+    def _decode_step(self, params, state: SlotState, settings: SlotSettings, active,
+                     adapter_ids):
+        """One token for every slot; inactive rows compute but change nothing that is read.
+
+        `adapter_ids` [slots] is the seam for per-slot weights (several adapters over one
+        base in one batch); the base model ignores it.
+        """
+        del adapter_ids
+        model = self._model(params)
+        cache = state.cache
+        write = jnp.minimum(state.lengths, self.context - 1)
+        tokens = state.last_tokens[:, None]
+        if self.encoder_decoder:
+            hidden, keys, values = model.extend_decoder(
+                tokens, keys=cache.keys, values=cache.values, cross_keys=cache.cross_keys,
+                cross_values=cache.cross_values, write_index=write,
+                encoder_valid=cache.encoder_valid)
+        else:
+            hidden, keys, values = model.extend(tokens, positions=write[:, None],
+                                                keys=cache.keys, values=cache.values,
+                                                write_index=write, key_valid=cache.key_valid)
+        logits = model.logits(hidden)[:, 0]
+        choice = choose_tokens(logits, settings, counts=state.counts,
+                               prompt_seen=state.prompt_seen, stop_ban=state.stop_ban,
+                               generated=state.generated, keys=state.keys)
+        step = active.astype(jnp.int32)
+        rows = jnp.arange(self.slots)
+        state = SlotState(
+            cache=dataclasses.replace(cache, keys=keys, values=values),
+            lengths=state.lengths + step,
+            last_tokens=jnp.where(active, choice.tokens, state.last_tokens),
+            generated=state.generated + step,
+            counts=state.counts.at[rows, choice.tokens].add(step),
+            prompt_seen=state.prompt_seen, stop_ban=state.stop_ban, keys=state.keys)
+        return state, choice
+
+    # -- compilation and running ------------------------------------------------------
+
+    def _jit(self, fn: Callable, donate: tuple[int, ...] = ()) -> Callable:
+        jitted = jax.jit(fn, donate_argnums=donate)
+        self._programs.append(jitted)
+        return jitted
+
+    @property
+    def compilations(self) -> int:
+        """Programs compiled so far (each shape/layout a program was called with)."""
+        return sum(program._cache_size() for program in self._programs)
+
+    def warm_up(self) -> SlotState:
+        """Runs every program on every shape and layout the engine uses; returns a fresh state.
+
+        Called once, before the server reports ready: after it, serving compiles
+        nothing (`compilations` stays put). Each program runs twice, so that one whose
+        outputs come back with another layout than its inputs compiles that one too.
+        """
+        state = self.initial_state()
+        no_ban = np.zeros((self.vocab_size,), bool)
+        key = np.zeros((2,), np.uint32)
+        one = settings_rows([None])
+        for slot in range(min(2, self.slots)):
+            if self.encoder_decoder:
+                for bucket in encoder_buckets(self.encoder_context):
+                    buffer, logits = self.prefill_encoder([0] * bucket)
+            else:
+                buffer = self.empty_buffer()
+                for start in (0, self.chunk_len) if self.buffer_len > self.chunk_len \
+                        else (0, 0):
+                    buffer, logits = self.prefill_chunk(
+                        buffer, np.zeros((1, self.chunk_len), np.int32), start, 0)
+            state, _ = self.insert(state, buffer, logits, slot, 1, [0], no_ban, key, one)
+        every = settings_rows([None] * self.slots)
+        active = np.zeros((self.slots,), bool)
+        adapters = np.zeros((self.slots,), np.int32)
+        for _ in range(2):
+            state, choice = self.decode_step(state, every, active, adapters)
+        jax.block_until_ready(choice.tokens)
+        return self.initial_state()
+
+    def initial_state(self) -> SlotState:
+        """An empty running batch (every slot free)."""
+        return self._init_fn()
+
+    @property
+    def prompt_capacity(self) -> int:
+        """Longest prompt a slot takes (the encoder input for encoder-decoders)."""
+        return self.encoder_context if self.encoder_decoder else self.context
+
+    def empty_buffer(self) -> KVCache:
+        return self._buffer_fn()
+
+    def prefill_chunk(self, buffer: KVCache, tokens: np.ndarray, start: int,
+                      last: int) -> tuple[KVCache, jax.Array]:
+        """Prefills `tokens` [1, chunk_len] at `start`; logits of chunk index `last`."""
+        return self._chunk_fn(self.params, buffer, tokens, np.int32(start), np.int32(last))
+
+    def prefill_encoder(self, prompt_ids: list[int]) -> tuple[KVCache, jax.Array]:
+        """Encodes a prompt (padded to its bucket) and runs the decoder start token."""
+        bucket = next(b for b in encoder_buckets(self.encoder_context) if b >= len(prompt_ids))
+        prompt = np.zeros((1, bucket), np.int32)
+        prompt[0, :len(prompt_ids)] = prompt_ids
+        valid = np.zeros((1, bucket), bool)
+        valid[0, :len(prompt_ids)] = True
+        return self._encode_fn(self.params, prompt, valid)
+
+    def insert(self, state: SlotState, buffer: KVCache, logits: jax.Array, slot: int,
+               length: int, prompt_ids: list[int], stop_ban: np.ndarray, key: np.ndarray,
+               settings: SlotSettings) -> tuple[SlotState, Choice]:
+        """Puts a prefilled request into row `slot` (`state` is donated) and chooses its
+        first token."""
+        padded = np.full((self.prompt_capacity,), -1, np.int32)
+        padded[:len(prompt_ids)] = prompt_ids
+        return self._insert_fn(state, buffer, logits, np.int32(slot), np.int32(length), padded,
+                               stop_ban, key, settings)
+
+    def decode_step(self, state: SlotState, settings: SlotSettings, active: np.ndarray,
+                    adapter_ids: np.ndarray) -> tuple[SlotState, Choice]:
+        """One token for every slot (`state` is donated)."""
+        return self._step_fn(self.params, state, settings, active, adapter_ids)
