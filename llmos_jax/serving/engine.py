@@ -362,10 +362,12 @@ class ServingEngine:
             log.exception("event sink of request %s failed", live.request.request_id)
             self._finish(live, FinishReason.ERROR, "the request's event sink failed")
             return
-        position = live.generated + (0 if self.is_encoder_decoder else live.prompt_len - 1)
+        # Prompt and generated tokens together fit the context (encoder-decoders: the
+        # decoder start token and the generated ones), as `generate` counts them.
+        length = live.generated + (1 if self.is_encoder_decoder else live.prompt_len)
         if stop_now:
             self._finish(live, FinishReason.STOP)
-        elif live.generated >= settings.max_tokens or position >= self.max_context:
+        elif live.generated >= settings.max_tokens or length >= self.max_context:
             self._finish(live, FinishReason.LENGTH)
 
     def _finish(self, live: _Live, reason: FinishReason, message: str = "") -> None:
