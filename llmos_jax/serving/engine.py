@@ -35,6 +35,7 @@ from llmos_jax.serving.requests import (
     GenerationRequest,
     InvalidSetting,
     QueueFull,
+    SamplingSettings,
     TokenEvent,
 )
 from llmos_jax.serving.slot_programs import SlotPrograms
@@ -75,6 +76,15 @@ class _Live:
     @property
     def prompt_len(self) -> int:
         return len(self.request.prompt_ids)
+
+    @property
+    def effective_settings(self) -> SamplingSettings:
+        """The settings the device applies: `min_tokens` bans nothing without stop ids
+        (e.g. `ignore_eos`), so it is dropped and the step skips the masking."""
+        settings = self.request.settings
+        if settings.min_tokens and not self.stop_ids:
+            return dataclasses.replace(settings, min_tokens=0)
+        return settings
 
 
 class ServingEngine:
@@ -318,7 +328,7 @@ class ServingEngine:
         length = 1 if self.is_encoder_decoder else live.prompt_len
         self._state, choice = self.programs.insert(
             self._state, live.buffer, logits, live.slot, length, list(live.request.prompt_ids),
-            ban, slot_key(seed), settings_rows([settings]))
+            ban, slot_key(seed), settings_rows([live.effective_settings]))
         live.buffer = None
         with self._cond:
             self._prefilling = None
@@ -328,7 +338,7 @@ class ServingEngine:
 
     def _decode_step(self) -> None:
         if self._settings is None:
-            self._settings = settings_rows([None if s is None else s.request.settings
+            self._settings = settings_rows([None if s is None else s.effective_settings
                                             for s in self._slots])
         active = np.array([s is not None for s in self._slots])
         adapters = np.zeros((self.max_slots,), np.int32)  # the base weights for every slot
