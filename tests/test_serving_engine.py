@@ -11,6 +11,7 @@ from sharding_helpers import sharded_copy
 
 from llmos_jax.inference import DecodeConfig, DecodingEngine
 from llmos_jax.models import DecoderLM, EncoderDecoderLM, TransformerConfig, t5_config
+from llmos_jax.serving import slot_programs
 from llmos_jax.serving.engine import ServingEngine
 from llmos_jax.serving.requests import (
     EngineNotReady,
@@ -80,7 +81,11 @@ def decoder():
 
 @pytest.fixture(scope="module")
 def engine(decoder):
+    # Attention spans of 16, 32 and 64 positions, so rows of all lengths cross buckets.
+    smallest, slot_programs.READ_SPAN_SMALLEST = slot_programs.READ_SPAN_SMALLEST, 16
     engine = ServingEngine(decoder, max_slots=SLOTS, max_queue=8, prefill_chunk=CHUNK)
+    slot_programs.READ_SPAN_SMALLEST = smallest
+    assert engine.programs.step_spans == (16, 32, 64)
     with pytest.raises(EngineNotReady):
         engine.submit(GenerationRequest("early", [5], SamplingSettings()), lambda e: None)
     engine.start()

@@ -162,7 +162,8 @@ class SelfAttention(nnx.Module):
     def attend_cached(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
                       write_index: jax.Array, mask: jax.Array, positions: jax.Array,
                       rope_theta: float | None, shard: axes.ActivationSharder,
-                      bias: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+                      bias: jax.Array | None = None,
+                      read_len: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Self-attention of new tokens `x` [batch, t, embed] over a KV cache.
 
         Args:
@@ -174,6 +175,10 @@ class SelfAttention(nnx.Module):
           mask: [batch, 1, t, slots] (`cached_attention_mask`).
           positions: int [batch, t] positions of the new tokens (RoPE).
           bias: [batch|1, heads, t, slots] additive score bias (T5).
+          read_len: Attend over the first `read_len` slots only (static; `mask` and
+            `bias` then cover those). The serving engine's decode steps pass the
+            longest live row rounded up to a bucket, so a mostly empty cache is not
+            read in full at every step.
 
         Returns:
           The attention output [batch, t, embed] and the updated keys and values.
@@ -187,7 +192,11 @@ class SelfAttention(nnx.Module):
             k = apply_rope(k, positions, rope_theta)
         keys = shard(write_cache(keys, k.swapaxes(1, 2), write_index), CACHE_AXES)
         values = shard(write_cache(values, v.swapaxes(1, 2), write_index), CACHE_AXES)
-        y = self._cached_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask, bias)
+        read_keys, read_values = keys, values
+        if read_len is not None and read_len < keys.shape[2]:
+            read_keys, read_values = keys[:, :, :read_len], values[:, :, :read_len]
+        y = self._cached_attention(q, read_keys.astype(q.dtype), read_values.astype(q.dtype),
+                                   mask, bias)
         return self.out(shard(y, head_axes)), keys, values
 
     def context_keys_values(self, context: jax.Array,

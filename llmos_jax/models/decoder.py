@@ -49,14 +49,14 @@ class DecoderBlock(nnx.Module):
 
     def extend(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
                write_index: jax.Array, mask: jax.Array, positions: jax.Array,
-               config: TransformerConfig,
-               shard: axes.ActivationSharder) -> tuple[jax.Array, jax.Array, jax.Array]:
+               config: TransformerConfig, shard: axes.ActivationSharder,
+               read_len: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """`__call__` (without dropout) for new tokens over this layer's KV cache."""
         rope_theta = config.rope_theta if config.position_embedding == "rope" else None
         residual_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
         h, keys, values = self.attn.attend_cached(
             self.attn_norm(x), keys=keys, values=values, write_index=write_index, mask=mask,
-            positions=positions, rope_theta=rope_theta, shard=shard)
+            positions=positions, rope_theta=rope_theta, shard=shard, read_len=read_len)
         x = shard(x + h, residual_axes)
         x = x + self.mlp(self.mlp_norm(x), shard=shard)
         return shard(x, residual_axes), keys, values
@@ -130,7 +130,7 @@ class DecoderLM(nnx.Module):
 
     def extend(self, tokens: jax.Array, *, positions: jax.Array,
                keys: tuple[jax.Array, ...], values: tuple[jax.Array, ...],
-               write_index: jax.Array, key_valid: jax.Array
+               write_index: jax.Array, key_valid: jax.Array, read_len: int | None = None
                ) -> tuple[jax.Array, tuple[jax.Array, ...], tuple[jax.Array, ...]]:
         """Runs new tokens over a KV cache: the decoding counterpart of `__call__`.
 
@@ -148,6 +148,8 @@ class DecoderLM(nnx.Module):
           write_index: int scalar, or int [batch] when each row writes at its
             own slot (the serving engine's slots; masking then follows each row).
           key_valid: bool [batch, slots]; False marks padding slots.
+          read_len: Static; attend over the first `read_len` slots only (every new
+            token's slot must be below it). None: all.
 
         Returns:
           Final-norm hidden states [batch, t, embed] (see `logits`) and the
@@ -161,12 +163,14 @@ class DecoderLM(nnx.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions, config.compute_dtype, self.shard)
         x = self.shard(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
+        if read_len is not None:
+            key_valid = key_valid[:, :read_len]
         mask = cached_attention_mask(key_valid, write_index, tokens.shape[1])
         new_keys, new_values = [], []
         for block, layer_keys, layer_values in zip(self.layers, keys, values):
             x, layer_keys, layer_values = block.extend(
                 x, keys=layer_keys, values=layer_values, write_index=write_index, mask=mask,
-                positions=positions, config=config, shard=self.shard)
+                positions=positions, config=config, shard=self.shard, read_len=read_len)
             new_keys.append(layer_keys)
             new_values.append(layer_values)
         return self.final_norm(x), tuple(new_keys), tuple(new_values)

@@ -342,8 +342,12 @@ class ServingEngine:
                                             for s in self._slots])
         active = np.array([s is not None for s in self._slots])
         adapters = np.zeros((self.max_slots,), np.int32)  # the base weights for every slot
+        # After this step a row holds its prompt, its generated tokens fed back so far, and
+        # (encoder-decoders) the start token: at most prompt + generated positions.
+        longest = max(s.generated + (1 if self.is_encoder_decoder else s.prompt_len)
+                      for s in self._slots if s is not None)
         self._state, choice = self.programs.decode_step(self._state, self._settings, active,
-                                                        adapters)
+                                                        adapters, longest)
         choice = jax.device_get(choice)
         for row, live in enumerate(list(self._slots)):
             if live is not None:

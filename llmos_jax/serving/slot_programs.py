@@ -38,7 +38,9 @@ from llmos_jax.serving.slot_sampling import Choice, SlotSettings, choose_tokens,
 
 Params = Any
 
-__all__ = ["SlotState", "SlotPrograms", "encoder_buckets"]
+READ_SPAN_SMALLEST = 128  # the smallest compiled attention span of a decode step
+
+__all__ = ["SlotState", "SlotPrograms", "encoder_buckets", "doubling_buckets"]
 
 
 @jax.tree_util.register_dataclass
@@ -56,13 +58,23 @@ class SlotState:
     keys: jax.Array         # uint32 [slots, 2]: each request's random key
 
 
-def encoder_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
-    """Encoder input lengths compiled for encoder-decoders: powers of two up to `max_len`."""
-    sizes, size = [], min(smallest, max_len)
-    while size < max_len:
+def doubling_buckets(largest: int, smallest: int) -> tuple[int, ...]:
+    """`smallest`, twice that, ... below `largest`, then `largest`: the compiled sizes."""
+    sizes, size = [], min(smallest, largest)
+    while size < largest:
         sizes.append(size)
         size *= 2
-    return tuple(sizes) + (max_len,)
+    return tuple(sizes) + (largest,)
+
+
+def encoder_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
+    """Encoder input lengths compiled for encoder-decoders: powers of two up to `max_len`."""
+    return doubling_buckets(max_len, smallest)
+
+
+def bucket_for(buckets: tuple[int, ...], needed: int) -> int:
+    """The smallest bucket that holds `needed`."""
+    return next(b for b in buckets if b >= needed)
 
 
 class SlotPrograms:
@@ -88,6 +100,12 @@ class SlotPrograms:
         # The prefill buffer is a whole number of chunks long, so no chunk write is clamped.
         self.buffer_len = -(-context // self.chunk_len) * self.chunk_len
         self.encoder_context = encoder_context or config.max_len
+        # Decoders attend over the cache's first `read_len` positions, the longest live row
+        # rounded up to one of these (the cache is never read in full while rows are short).
+        self.step_spans = ((context,) if self.encoder_decoder
+                           else doubling_buckets(context, READ_SPAN_SMALLEST))
+        self.prefill_spans = doubling_buckets(self.buffer_len,
+                                              max(READ_SPAN_SMALLEST, self.chunk_len))
         self.decoder_start_id = decoder_start_id
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         if config.scan_layers:  # decoding reads per-layer weights in place
@@ -100,10 +118,10 @@ class SlotPrograms:
         self._programs: list[Callable] = []
         self._init_fn = self._jit(self._init_state)
         self._buffer_fn = self._jit(lambda: self._cache(1, self.buffer_len, None))
-        self._chunk_fn = self._jit(self._prefill_chunk, donate=(1,))
+        self._chunk_fn = self._jit(self._prefill_chunk, donate=(1,), static=("read_len",))
         self._encode_fn = self._jit(self._prefill_encoder)
         self._insert_fn = self._jit(self._insert, donate=(0,))
-        self._step_fn = self._jit(self._decode_step, donate=(1,))
+        self._step_fn = self._jit(self._decode_step, donate=(1,), static=("read_len",))
 
     # -- shapes ------------------------------------------------------------------
 
@@ -139,13 +157,13 @@ class SlotPrograms:
     def _model(self, params):
         return nnx.merge(self.graphdef, params)
 
-    def _prefill_chunk(self, params, buffer: KVCache, tokens, start, last):
+    def _prefill_chunk(self, params, buffer: KVCache, tokens, start, last, *, read_len: int):
         """Writes one chunk [1, C] of a decoder prompt at `start`; logits at chunk index `last`."""
         model = self._model(params)
         positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
         hidden, keys, values = model.extend(tokens, positions=positions, keys=buffer.keys,
                                             values=buffer.values, write_index=start,
-                                            key_valid=buffer.key_valid)
+                                            key_valid=buffer.key_valid, read_len=read_len)
         last_hidden = jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1)
         return dataclasses.replace(buffer, keys=keys, values=values), model.logits(last_hidden)[:, 0]
 
@@ -209,7 +227,7 @@ class SlotPrograms:
         return state, choice
 
     def _decode_step(self, params, state: SlotState, settings: SlotSettings, active,
-                     adapter_ids):
+                     adapter_ids, *, read_len: int):
         """One token for every slot; inactive rows compute but change nothing that is read.
 
         `adapter_ids` [slots] is the seam for per-slot weights (several adapters over one
@@ -228,7 +246,8 @@ class SlotPrograms:
         else:
             hidden, keys, values = model.extend(tokens, positions=write[:, None],
                                                 keys=cache.keys, values=cache.values,
-                                                write_index=write, key_valid=cache.key_valid)
+                                                write_index=write, key_valid=cache.key_valid,
+                                                read_len=read_len)
         logits = model.logits(hidden)[:, 0]
         choice = choose_tokens(logits, settings, counts=state.counts,
                                prompt_seen=state.prompt_seen, stop_ban=state.stop_ban,
@@ -246,8 +265,9 @@ class SlotPrograms:
 
     # -- compilation and running ------------------------------------------------------
 
-    def _jit(self, fn: Callable, donate: tuple[int, ...] = ()) -> Callable:
-        jitted = jax.jit(fn, donate_argnums=donate)
+    def _jit(self, fn: Callable, donate: tuple[int, ...] = (),
+             static: tuple[str, ...] = ()) -> Callable:
+        jitted = jax.jit(fn, donate_argnums=donate, static_argnames=static)
         self._programs.append(jitted)
         return jitted
 
@@ -273,16 +293,17 @@ class SlotPrograms:
                     buffer, logits = self.prefill_encoder([0] * bucket)
             else:
                 buffer = self.empty_buffer()
-                for start in (0, self.chunk_len) if self.buffer_len > self.chunk_len \
-                        else (0, 0):
+                for span in self.prefill_spans:  # a chunk ending at each span's end
                     buffer, logits = self.prefill_chunk(
-                        buffer, np.zeros((1, self.chunk_len), np.int32), start, 0)
+                        buffer, np.zeros((1, self.chunk_len), np.int32),
+                        span - self.chunk_len, 0)
             state, _ = self.insert(state, buffer, logits, slot, 1, [0], no_ban, key, one)
         every = settings_rows([None] * self.slots)
         active = np.zeros((self.slots,), bool)
         adapters = np.zeros((self.slots,), np.int32)
         for _ in range(2):
-            state, choice = self.decode_step(state, every, active, adapters)
+            for span in self.step_spans:
+                state, choice = self.decode_step(state, every, active, adapters, span)
         jax.block_until_ready(choice.tokens)
         return self.initial_state()
 
@@ -301,7 +322,9 @@ class SlotPrograms:
     def prefill_chunk(self, buffer: KVCache, tokens: np.ndarray, start: int,
                       last: int) -> tuple[KVCache, jax.Array]:
         """Prefills `tokens` [1, chunk_len] at `start`; logits of chunk index `last`."""
-        return self._chunk_fn(self.params, buffer, tokens, np.int32(start), np.int32(last))
+        span = bucket_for(self.prefill_spans, start + self.chunk_len)
+        return self._chunk_fn(self.params, buffer, tokens, np.int32(start), np.int32(last),
+                              read_len=span)
 
     def prefill_encoder(self, prompt_ids: list[int]) -> tuple[KVCache, jax.Array]:
         """Encodes a prompt (padded to its bucket) and runs the decoder start token."""
@@ -323,6 +346,11 @@ class SlotPrograms:
                                stop_ban, key, settings)
 
     def decode_step(self, state: SlotState, settings: SlotSettings, active: np.ndarray,
-                    adapter_ids: np.ndarray) -> tuple[SlotState, Choice]:
-        """One token for every slot (`state` is donated)."""
-        return self._step_fn(self.params, state, settings, active, adapter_ids)
+                    adapter_ids: np.ndarray, longest: int) -> tuple[SlotState, Choice]:
+        """One token for every slot (`state` is donated).
+
+        `longest`: the most positions any live row will hold after this step (its
+        length plus the token written now); attention reads that many, bucketed.
+        """
+        span = bucket_for(self.step_spans, min(longest, self.context))
+        return self._step_fn(self.params, state, settings, active, adapter_ids, read_len=span)
