@@ -94,7 +94,8 @@ class ServingEngine:
       model: A decoder or encoder-decoder model (NNX module with its weights, laid
         out on its mesh if sharded).
       max_slots: Decode slots (rows of the running batch).
-      max_queue: Requests allowed to wait for a slot; past it `submit` raises `QueueFull`.
+      max_queue: Requests allowed to wait for a busy slot; past it `submit` raises
+        `QueueFull` (0: only as many requests as there are free slots).
       max_context: Positions per slot (prompt + generated; decoder positions for
         encoder-decoders); default the model's `max_len`.
       prefill_chunk: Prompt tokens prefilled per loop iteration.
@@ -167,7 +168,9 @@ class ServingEngine:
         with self._cond:
             if not self._ready or self._draining or self._stopping:
                 raise EngineNotReady("the model is warming up or the server is shutting down")
-            if len(self._waiting) >= self.max_queue:
+            # Requests that free slots will take at once do not count as waiting.
+            free = sum(s is None for s in self._slots) - (self._prefilling is not None)
+            if len(self._waiting) >= self.max_queue + max(0, free):
                 busy = len(self._waiting) / self.max_slots + 1
                 raise QueueFull(len(self._waiting), max(1.0, busy * self._mean_seconds))
             if request.request_id in self._known:
