@@ -3,6 +3,7 @@
 # Extra arguments go to pytest, e.g. tools/test.sh -k partitioning.
 set -euo pipefail
 source "$(dirname "$0")/venv.sh" all,test,reference
+"$(dirname "$0")/browser.sh"  # headless chromium for the playground test
 cd "$REPO_ROOT"
 set +e
 python -m pytest tests "$@"
