@@ -152,14 +152,27 @@ class Checkpointer:
         self._manager.close()
 
 
-def export_params(directory: str | os.PathLike, params, meta: Mapping[str, Any]) -> pathlib.Path:
-    """Writes parameters alone (no optimizer state) for inference, plus their metadata."""
+def export_params(directory: str | os.PathLike, params, meta: Mapping[str, Any], *,
+                  extra_files: Mapping[str, bytes] | None = None) -> pathlib.Path:
+    """Writes parameters alone (no optimizer state) for inference, plus their metadata.
+
+    Args:
+      directory: The export folder.
+      params: The parameters.
+      meta: Written as `meta.json`.
+      extra_files: Relative path -> contents, written beside them (the vocabulary
+        files and model card that make an export self-contained).
+    """
     path = pathlib.Path(directory).absolute()
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(path / "params", params, force=True)
     checkpointer.wait_until_finished()
     if jax.process_index() == 0:
         (path / "meta.json").write_text(json.dumps(dict(meta), indent=2, sort_keys=True))
+        for name, contents in (extra_files or {}).items():
+            target = path / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(contents)
     return path
 
 
