@@ -238,8 +238,8 @@ class ServingEngine:
                                  f"[0, {self.vocab_size})")
         for t in request.settings.stop_token_ids:
             if not 0 <= t < self.vocab_size:
-                raise InvalidSetting("stop_token_ids", f"token id {t} is outside the "
-                                     f"vocabulary [0, {self.vocab_size})")
+                raise InvalidSetting("stop_token_ids", f"stop_token_ids: token id {t} is "
+                                     f"outside the vocabulary [0, {self.vocab_size})")
 
     # -- the loop (engine thread only below) ------------------------------------------------
 

@@ -1,0 +1,49 @@
+"""A tiny served model for API tests: random decoder weights and a byte tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from inference_helpers import random_model
+
+from llmos_jax.inference import DecodeConfig, DecodingEngine
+from llmos_jax.models import DecoderLM, TransformerConfig
+from llmos_jax.serving.served_model import ServedModel
+
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+class ByteTokenizer:
+    """UTF-8 bytes shifted by 3 (0 pad, 1 EOS, 2 unknown), as T5's byte vocabulary."""
+
+    vocab_size = 259
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 3 for b in text.encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+
+
+def tiny_served_model(context: int = 128, name: str = "tiny", chat: bool = True,
+                      seed: int = 3) -> ServedModel:
+    config = TransformerConfig(vocab_size=259, num_layers=2, embed_dim=32, num_heads=2,
+                               max_len=context, scan_layers=True)
+    model = random_model(lambda rngs: DecoderLM(config, rngs=rngs), seed=seed, std=0.3)
+    return ServedModel(name=name, model=model, tokenizer=ByteTokenizer(), max_context=context,
+                       eos_id=1, chat_template=CHAT_TEMPLATE if chat else None, source="random")
+
+
+def greedy_reference(served: ServedModel, max_new_tokens: int = 32):
+    """`generate`'s greedy tokens for a prompt alone (EOS as the server's)."""
+    engine = DecodingEngine(served.model)
+    config = DecodeConfig(max_new_tokens=max_new_tokens, eos_id=served.eos_id)
+
+    def run(prompt_ids: Sequence[int], max_tokens: int) -> list[int]:
+        assert max_tokens <= max_new_tokens
+        tokens = [int(t) for t in engine.generate([list(prompt_ids)], config)[0].tokens]
+        if served.eos_id in tokens:  # generate keeps EOS; the server never sends it
+            tokens = tokens[:tokens.index(served.eos_id)]
+        return tokens[:max_tokens]
+    return run
