@@ -1,0 +1,161 @@
+"""`llmos serve`: a trained model behind an OpenAI-compatible HTTP API.
+
+The model comes from an export (`<model_dir>/export` or `best/`), a run's
+model directory, or a Hugging Face directory, with no gin file
+(`llmos_jax.serving.model_source`). Flag names follow vLLM's (`--max-slots`,
+`--api-key`), so a team's scripts read the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+
+from llmos_jax.cli.flags import Command, Flag, ParsedFlags
+from llmos_jax.errors import UserError
+
+log = logging.getLogger("llmos_jax.serving")
+
+SERVE_EXAMPLE = ("llmos serve --model=runs/shakespeare/export --max-slots=16 "
+                 "--api-key-file=~/.llmos_key")
+
+
+def serve_command() -> Command:
+    """Builds the `llmos serve` command."""
+    flags = (
+        Flag("model", "PATH", "An export folder (model_dir/export or model_dir/best), a run's "
+             "model_dir, or a Hugging Face model folder (config.json, weights, tokenizer.json)."),
+        Flag("host", "ADDR", "Address to listen on (default 127.0.0.1: this machine only; "
+             "0.0.0.0 to accept connections from other machines)."),
+        Flag("port", "N", "TCP port (default 8000)."),
+        Flag("api-key", "KEY", "Require 'Authorization: Bearer KEY' on /v1/* and /tokenize. "
+             "Repeatable. Also read from the LLMOS_API_KEY environment variable."),
+        Flag("api-key-file", "FILE", "Read keys from FILE, one per line (keeps them out of the "
+             "process list)."),
+        Flag("max-slots", "N", "Requests decoded together (default 8)."),
+        Flag("max-queue", "N", "Requests that may wait for a slot; more get 429 with "
+             "Retry-After (default 64)."),
+        Flag("max-context", "N", "Tokens per sequence, prompt and output (default: the "
+             "model's maximum)."),
+        Flag("prefill-chunk", "N", "Prompt tokens prefilled per engine step, so a long prompt "
+             "never stalls the running streams for long (default 64)."),
+        Flag("tensor-parallel", "N", "Split the model over N local devices (default 1)."),
+        Flag("request-timeout", "SECONDS", "End requests still running after this long (504, or "
+             "an error chunk when streaming); default: no limit."),
+        Flag("chat-template", "FILE", "A Jinja2 chat template for /v1/chat/completions "
+             "(default: the model's own, from tokenizer_config.json, if any)."),
+        Flag("served-model-name", "NAME", "The model name clients send (default: the folder "
+             "name)."),
+        Flag("cors-origin", "URL", "Allow browser pages from this origin (repeatable; CORS is off "
+             "by default)."),
+        Flag("max-body-bytes", "N", "Larger request bodies get 413 (default 4194304)."),
+        Flag("shutdown-grace", "SECONDS", "On SIGTERM, how long running requests may take to "
+             "finish before they are aborted (default 30)."),
+        Flag("log-prompts", "BOOL", "Write prompt text to the access log (default false: only "
+             "token counts)."),
+        Flag("log-level", "LEVEL", "debug, info (default), warning or error."),
+    )
+    # `--api-key` and `--cors-origin` may repeat.
+    flags = tuple(Flag(f.name, f.metavar, f.help, repeatable=f.name in (
+        "api-key", "cors-origin")) for f in flags)
+    return Command(
+        name="serve",
+        summary="Serve a trained model over an OpenAI-compatible HTTP API.",
+        description="Load an export, model directory or Hugging Face folder and serve it with "
+        "continuous batching: /v1/completions, /v1/chat/completions (streaming or not), "
+        "/v1/models, /tokenize, /detokenize, /health/live, /health/ready, /metrics "
+        "(Prometheus) and a playground page at /. Ready once every shape is compiled; SIGTERM "
+        "drains running requests.",
+        usage="llmos serve --model=PATH [--host=127.0.0.1] [--port=8000] [--api-key=KEY | "
+        "--api-key-file=FILE] [--max-slots=N] [--max-queue=N] [--request-timeout=S]",
+        flags=flags,
+        example=SERVE_EXAMPLE,
+        run=run_serve,
+    )
+
+
+def _positive_float(flags: ParsedFlags, name: str, default: float | None) -> float | None:
+    value = flags.one(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise UserError(f"--{name}={value!r} is not a number of seconds.") from None
+    if number <= 0:
+        raise UserError(f"--{name}={value} must be positive.")
+    return number
+
+
+def _api_keys(flags: ParsedFlags) -> tuple[str, ...]:
+    keys = [k for k in flags.all("api-key") if k]
+    key_file = flags.one("api-key-file")
+    if key_file:
+        path = pathlib.Path(key_file).expanduser()
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as err:
+            raise UserError(f"--api-key-file={key_file}: cannot read it ({err.strerror}); "
+                            "give a readable file with one key per line.") from None
+        keys += [line.strip() for line in lines if line.strip()]
+        if not keys:
+            raise UserError(f"--api-key-file={key_file} holds no key; put one key per line.")
+    if os.environ.get("LLMOS_API_KEY"):
+        keys.append(os.environ["LLMOS_API_KEY"])
+    return tuple(keys)
+
+
+def run_serve(flags: ParsedFlags) -> int:
+    """Loads the model, then serves until SIGTERM (drains) or a second signal (stops)."""
+    model_path = flags.one("model")
+    if not model_path:
+        raise UserError(f"llmos serve needs --model=PATH (an export folder, a run's model_dir or "
+                        f"a Hugging Face folder), e.g. {SERVE_EXAMPLE}")
+    level = (flags.one("log-level") or "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise UserError(f"--log-level={level!r}: use debug, info, warning or error.")
+    port = flags.positive_int("port", 8000)
+    if port > 65535:
+        raise UserError(f"--port={port} is not a TCP port (1-65535).")
+    keys = _api_keys(flags)
+    host = flags.one("host") or "127.0.0.1"
+    if host not in ("127.0.0.1", "localhost", "::1") and not keys:
+        log.warning("--host=%s accepts connections from other machines and no API key is set; "
+                    "pass --api-key-file to require one", host)
+
+    from llmos_jax.serving.api import ApiOptions
+    from llmos_jax.serving.model_source import load_served_model
+    from llmos_jax.serving.server import EngineOptions, serve
+
+    try:
+        api_options = ApiOptions(
+            api_keys=keys, request_timeout=_positive_float(flags, "request-timeout", None),
+            max_body_bytes=flags.positive_int("max-body-bytes", 4 * 1024 * 1024),
+            cors_origins=tuple(flags.all("cors-origin")), log_prompts=flags.boolean(
+                "log-prompts"))
+    except ValueError as err:
+        raise UserError(f"llmos serve: {err}") from None
+    engine_options = EngineOptions(
+        max_slots=flags.positive_int("max-slots", 8),
+        max_queue=_queue_bound(flags),
+        max_context=flags.positive_int("max-context", None),
+        prefill_chunk=flags.positive_int("prefill-chunk", 64))
+    logging.getLogger("llmos_jax").setLevel(level.upper())
+    served = load_served_model(model_path, name=flags.one("served-model-name"),
+                               chat_template_file=flags.one("chat-template"),
+                               tensor_parallel=flags.positive_int("tensor-parallel", 1),
+                               max_context=engine_options.max_context)
+    log.info("serving %r from %s on http://%s:%d (%d slots, context %d)", served.name,
+             served.source, host, port, engine_options.max_slots,
+             engine_options.max_context or served.max_context)
+    serve(served, engine_options=engine_options, api_options=api_options, host=host, port=port,
+          shutdown_grace=_positive_float(flags, "shutdown-grace", 30.0), log_level=level)
+    return 0
+
+
+def _queue_bound(flags: ParsedFlags) -> int:
+    value = flags.one("max-queue") or "64"
+    if not value.isdigit():
+        raise UserError(f"--max-queue={value!r} must be a whole number >= 0.")
+    return int(value)
