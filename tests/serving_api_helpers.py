@@ -4,26 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import seqio
+
 from inference_helpers import random_model
 
 from llmos_jax.inference import DecodeConfig, DecodingEngine
 from llmos_jax.models import DecoderLM, TransformerConfig
 from llmos_jax.serving.served_model import ServedModel
+from llmos_jax.serving.tokenizer import VocabularyTokenizer
 
 CHAT_TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<assistant>{% endif %}")
 
 
-class ByteTokenizer:
-    """UTF-8 bytes shifted by 3 (0 pad, 1 EOS, 2 unknown), as T5's byte vocabulary."""
-
-    vocab_size = 259
-
-    def encode(self, text: str) -> list[int]:
-        return [b + 3 for b in text.encode("utf-8")]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return bytes(i - 3 for i in ids if i >= 3).decode("utf-8", errors="replace")
+def byte_tokenizer() -> VocabularyTokenizer:
+    """The real byte vocabulary (UTF-8 bytes shifted by 3: 0 pad, 1 EOS, 2 unknown)."""
+    return VocabularyTokenizer(seqio.ByteVocabulary())
 
 
 def tiny_served_model(context: int = 128, name: str = "tiny", chat: bool = True,
@@ -31,7 +27,7 @@ def tiny_served_model(context: int = 128, name: str = "tiny", chat: bool = True,
     config = TransformerConfig(vocab_size=259, num_layers=2, embed_dim=32, num_heads=2,
                                max_len=context, scan_layers=True)
     model = random_model(lambda rngs: DecoderLM(config, rngs=rngs), seed=seed, std=0.3)
-    return ServedModel(name=name, model=model, tokenizer=ByteTokenizer(), max_context=context,
+    return ServedModel(name=name, model=model, tokenizer=byte_tokenizer(), max_context=context,
                        eos_id=1, chat_template=CHAT_TEMPLATE if chat else None, source="random")
 
 

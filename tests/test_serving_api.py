@@ -8,7 +8,7 @@ import time
 import httpx
 import openai
 import pytest
-from serving_api_helpers import ByteTokenizer, greedy_reference, tiny_served_model
+from serving_api_helpers import byte_tokenizer, greedy_reference, tiny_served_model
 
 from llmos_jax.serving.api import ApiOptions
 from llmos_jax.serving.server import EngineOptions, background_server
@@ -127,7 +127,7 @@ def test_models_tokenize_detokenize(server, client):
     headers = {"Authorization": f"Bearer {KEY}"}
     tokens = httpx.post(server.base_url + "/tokenize", json={"prompt": "héllo"},
                         headers=headers).json()
-    assert tokens["tokens"] == ByteTokenizer().encode("héllo") and tokens["count"] == 6
+    assert tokens["tokens"] == byte_tokenizer().encode("héllo") and tokens["count"] == 6
     text = httpx.post(server.base_url + "/detokenize", json={"tokens": tokens["tokens"]},
                       headers=headers).json()
     assert text == {"prompt": "héllo"}

@@ -1,11 +1,11 @@
 """Streamed text: whole UTF-8 characters only, stop strings decided before anything is sent."""
 
 import pytest
-from serving_api_helpers import ByteTokenizer
+from serving_api_helpers import byte_tokenizer
 
 from llmos_jax.serving.text_stream import TextStream
 
-TOKENIZER = ByteTokenizer()
+TOKENIZER = byte_tokenizer()
 
 
 def stream_all(text: str, stop=()) -> tuple[list[str], TextStream]:

@@ -87,6 +87,11 @@ def test_periodic_eval_writes_task_metrics_and_keeps_the_best_step(tmp_path, cap
     assert best_meta["step"] == 4
     assert best_meta["best"] == {**best_meta["best"], "metric": "scripted", "value": 0.9,
                                  "mode": "max", "step": 4}
+    # Self-contained: the task's vocabulary and a card naming the best step travel with it.
+    assert best_meta["vocabularies"]["outputs"]["kind"] == "passthrough"
+    card = (model_dir / "best" / "MODEL_CARD.md").read_text()
+    assert "by scripted = 0.9" in card and "| steps | 4 |" in card
+    assert f"| {task}/scripted | 0.9 |" in card
     best = read_our_params(str(model_dir / "best"))
     assert best.keys() == at_step_4.keys()
     for name, value in at_step_4.items():

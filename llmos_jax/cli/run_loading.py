@@ -35,6 +35,8 @@ from flax import nnx
 
 from llmos_jax.checkpoints.locations import CheckpointLocation, find_checkpoint
 from llmos_jax.checkpoints.params_reader import restore_params
+from llmos_jax.data.vocabulary_files import (TaskVocabularies, describe_vocabulary,
+                                             task_vocabularies)
 from llmos_jax.errors import UserError
 from llmos_jax.inference.decode_config import DecodeConfig, with_default_eos
 from llmos_jax.inference.decoding_model import is_encoder_decoder
@@ -91,32 +93,6 @@ def decode_config_from_gin(vocabulary: seqio.Vocabulary | None = None) -> Decode
                             eos_bound="eos_id" in gin.get_bindings(DecodeConfig))
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskVocabularies:
-    """The vocabulary prompts are encoded with, and the one outputs are decoded with.
-
-    Attributes:
-      inputs: Encodes prompts (the task's `inputs` feature when it has one).
-      outputs: Decodes generated ids (the `targets` feature).
-      inputs_add_eos: Whether the task ends its `inputs` with EOS (encoder
-        inputs are fed as trained).
-    """
-
-    inputs: seqio.Vocabulary
-    outputs: seqio.Vocabulary
-    inputs_add_eos: bool = False
-
-
-def task_vocabularies(provider: seqio.DatasetProviderBase) -> TaskVocabularies:
-    """The vocabularies of a Task (or a Mixture's first Task)."""
-    features = provider.output_features
-    ordered = [features[k] for k in ("targets", "inputs", "input_ids") if k in features]
-    output = ordered[0] if ordered else next(iter(features.values()))
-    source = features.get("inputs", output)
-    return TaskVocabularies(source.vocabulary, output.vocabulary,
-                            bool(getattr(source, "add_eos", False)) and "inputs" in features)
-
-
 def check_vocabulary(meta: Mapping[str, Any], vocabularies: Sequence[seqio.Vocabulary], *,
                      checkpoint: str, source: str) -> None:
     """Refuses weights trained with a vocabulary other than the one that would encode or decode.
@@ -130,8 +106,6 @@ def check_vocabulary(meta: Mapping[str, Any], vocabularies: Sequence[seqio.Vocab
     Raises:
       UserError: naming both vocabularies.
     """
-    from llmos_jax.training.run_metadata import describe_vocabulary
-
     saved = meta.get("vocabulary")
     if saved is None:
         log.warning("%s has no vocabulary record; cannot check it matches %s", checkpoint, source)

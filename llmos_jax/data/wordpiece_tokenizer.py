@@ -149,6 +149,11 @@ class WordPieceTokenizer:
     def id_to_token(self, index: int) -> str | None:
         return self._tokenizer.id_to_token(int(index))
 
+    @property
+    def vocab_bytes(self) -> bytes:
+        """The ``vocab.txt`` as read (what an export carries)."""
+        return self._vocab_bytes
+
     def fingerprint(self) -> str:
         """SHA-256 of the vocabulary bytes and case setting: equal exactly when ids mean alike."""
         digest = hashlib.sha256(self._vocab_bytes)

@@ -33,7 +33,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmos_jax.errors import UserError
-from llmos_jax.serving.chat_template import render_chat
 from llmos_jax.serving.engine import ServingEngine
 from llmos_jax.serving.http_guard import HttpGuard, request_info
 from llmos_jax.serving.metrics import ServingMetrics
@@ -204,22 +203,22 @@ def create_app(engine: ServingEngine, served: ServedModel,
                             code="model_not_found")
 
     def chat_prompt(body_messages) -> str:
-        if served.chat_template is None:
-            raise InvalidSetting("messages", f"model {served.name!r} has no chat template, so it "
-                                 "cannot answer chat requests; start the server with "
-                                 "--chat-template=FILE (a Jinja2 template) or use "
-                                 "/v1/completions")
         messages = [{"role": m.role, "content": m.text(),
                      **({"name": m.name} if m.name else {})} for m in body_messages]
-        return render_chat(served.chat_template, messages)
+        try:
+            return served.render_chat(messages)
+        except UserError as err:  # no template, or it refused these messages
+            raise InvalidSetting("messages", str(err)) from None
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
         check_model(body.model)
         if (body.prompt is None) == (body.messages is None):
             raise InvalidSetting("prompt", "send exactly one of prompt and messages")
-        text = body.prompt if body.prompt is not None else chat_prompt(body.messages)
-        ids = served.encode_prompt(text)
+        if body.prompt is not None:
+            ids = served.encode_prompt(body.prompt)
+        else:
+            ids = served.encode_prompt(chat_prompt(body.messages), add_special_tokens=False)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.max_context}
 
     @app.post("/detokenize")
@@ -297,7 +296,8 @@ def create_app(engine: ServingEngine, served: ServedModel,
             request_info(request.scope)["prompt"] = text
         settings = settings_for(body, max_tokens=body.max_completion_tokens or body.max_tokens,
                                 logprobs=body.logprob_count())
-        run = await start_run(request, [served.encode_prompt(text)], settings)
+        prompt_ids = served.encode_prompt(text, add_special_tokens=False)  # the template has them
+        run = await start_run(request, [prompt_ids], settings)
         shape = _ChatShape(run.run_id, served.name, tokenizer, body.logprobs)
         return await respond(request, run, shape, body.stream, body.include_usage)
 

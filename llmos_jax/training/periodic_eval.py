@@ -13,11 +13,12 @@ Two evaluations run while `train` trains:
 
 With `PeriodicEvaluator.keep_best_metric`, the parameters of the best
 evaluation so far are exported to `model_dir/best/` (`params/`, and
-`meta.json` with the metric, its value and the step). That folder is outside
-`checkpoints/`, so the keep-K rotation never deletes it; a resumed run reads
-`best/meta.json` and replaces the export only with a better step.
-`llmos eval --checkpoint=model_dir/best` evaluates it, `llmos infer` decodes
-with it.
+`meta.json` with the metric, its value and the step; like `model_dir/export`
+it carries its vocabularies and MODEL_CARD.md, so `llmos serve` loads it).
+That folder is outside `checkpoints/`, so the keep-K rotation never deletes
+it; a resumed run reads `best/meta.json` and replaces the export only with a
+better step. `llmos eval --checkpoint=model_dir/best` evaluates it, `llmos
+infer` decodes with it.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from llmos_jax.inference.decode_config import DecodeConfig, with_default_eos
 from llmos_jax.inference.decoding_engine import DecodingEngine
 from llmos_jax.objectives.base import PREDICTS_TEXT
 from llmos_jax.partitioning import Layout
-from llmos_jax.checkpoints.checkpointer import export_params
+from llmos_jax.data.vocabulary_files import TaskVocabularies
 from llmos_jax.objectives import Objective
 from llmos_jax.objectives.model_building import ModelSpec, Params
+from llmos_jax.training.self_contained_export import write_export
 
 log = logging.getLogger("llmos_jax.train")
 
@@ -160,6 +162,8 @@ class TaskEvaluation:
       sequence_length: `train.sequence_length`, as examples are cut.
       model_dir: Where results and `best/` go.
       write: Whether this host writes results (the chief); every host exports.
+      vocabularies: The task's vocabularies, carried by the `best/` export so
+        that it serves with no gin file (None: none carried).
 
     Raises:
       UserError: no interval, an objective no predictor serves, or a task or
@@ -169,7 +173,7 @@ class TaskEvaluation:
     def __init__(self, config: PeriodicEvaluator, *, objective: Objective, spec: ModelSpec,
                  layout: Layout, task_name: str, split: str, default_every: int,
                  sequence_length: int | Mapping[str, int], model_dir: pathlib.Path,
-                 write: bool):
+                 write: bool, vocabularies: TaskVocabularies | None = None):
         from llmos_jax.data.providers import get_provider
         from llmos_jax.evaluation.objective_predictors import (check_objective, feature_lengths,
                                                                mesh_batch_size)
@@ -192,6 +196,7 @@ class TaskEvaluation:
         self._decode_config = self._with_eos(config.decode_config)
         self._engine: DecodingEngine | None = None
         self._model_dir, self._write = model_dir, write
+        self._vocabularies = vocabularies
         self.results: dict[str, dict[str, float]] = {}
         self.best = (_read_best(model_dir / BEST_DIRNAME, config.keep_best_metric, config.mode)
                      if config.keep_best_metric else None)
@@ -244,7 +249,10 @@ class TaskEvaluation:
             (directory / "meta.json").unlink()
         record = {"metric": name, "value": value, "mode": mode, "step": step,
                   "task_name": self.task_name, "split": self.split, "results": self.results}
-        export_params(directory, params, {**meta, "step": step, "best": record})
+        flat = {f"{task}/{metric}": value for task, metrics in self.results.items()
+                for metric, value in metrics.items()}
+        write_export(directory, params, {**meta, "step": step, "best": record},
+                     vocabularies=self._vocabularies, metrics=flat)
         self.best = BestExport(step, name, value, directory)
         log.info("step %d is the best so far by %s=%g: exported to %s", step, name, value,
                  directory)

@@ -11,7 +11,8 @@ schedule its `train.*` setting gives:
 4. `TaskEvaluationHook` (`PeriodicEvaluator.every`, the last step): the
    task's metrics and the best step's export;
 5. `Checkpointing` (every `checkpoint_every`, the last step, on stop);
-6. at the end of a finished run, `ExportParams` then `PreviewSamples`.
+6. at the end of a finished run, `ExportParams` (a self-contained export:
+   parameters, vocabularies, MODEL_CARD.md) then `PreviewSamples`.
 
 Hooks 1, 2 and 5 read the step's metrics through `StepContext.host_metrics`,
 so they share one device fetch per step.
@@ -20,11 +21,12 @@ so they share one device fetch per step.
 from __future__ import annotations
 
 import pathlib
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
-from llmos_jax.checkpoints.checkpointer import Checkpointer, export_params
+from llmos_jax.checkpoints.checkpointer import Checkpointer
+from llmos_jax.data.vocabulary_files import TaskVocabularies
 from llmos_jax.inference.decoding_engine import DecodingEngine
 from llmos_jax.inference.preview_sampler import sample_tokens
 from llmos_jax.monitoring.flops import mfu
@@ -36,6 +38,7 @@ from llmos_jax.partitioning import Layout
 from llmos_jax.training.hooks import Schedule, StepContext
 from llmos_jax.training.periodic_eval import EvalBatches, TaskEvaluation, heldout_metrics
 from llmos_jax.training.run_guards import finite_or_raise
+from llmos_jax.training.self_contained_export import write_export
 
 
 class DivergenceGuard:
@@ -143,20 +146,34 @@ class Checkpointing:
 
 
 class ExportParams:
-    """Writes the finished run's parameters to `model_dir/export` (every host its shards)."""
+    """Writes the finished run's parameters to `model_dir/export` (every host its shards).
+
+    The export is self-contained (`self_contained_export.write_export`): with
+    `vocabularies` it carries them, and `llmos serve` loads it with no gin file.
+
+    Args:
+      directory: The export folder.
+      meta: The run's metadata (`run_metadata.describe_run`); `step` is added.
+      vocabularies: The task's vocabularies (None: the export carries none).
+      metrics: Called at export time for the card's metrics (name -> value).
+    """
 
     schedule = Schedule(at_last=False)
 
-    def __init__(self, directory: pathlib.Path, meta: Mapping[str, Any]):
+    def __init__(self, directory: pathlib.Path, meta: Mapping[str, Any], *,
+                 vocabularies: TaskVocabularies | None = None,
+                 metrics: Callable[[], Mapping[str, float]] | None = None):
         self._directory, self._meta = directory, meta
+        self._vocabularies, self._metrics = vocabularies, metrics
 
     def on_step(self, context: StepContext) -> None:
         pass
 
     def on_end(self, context: StepContext) -> None:
         if context.finished:
-            export_params(self._directory, context.state.params,
-                          {**self._meta, "step": context.step})
+            write_export(self._directory, context.state.params,
+                         {**self._meta, "step": context.step}, vocabularies=self._vocabularies,
+                         metrics=self._metrics() if self._metrics else None)
 
 
 class PreviewSamples:

@@ -51,6 +51,7 @@ from llmos_jax.training.hooks import Schedule, StepContext, Throughput, TrainHoo
 from llmos_jax.training.optimizers import current_learning_rate
 from llmos_jax.training.periodic_eval import BestExport, PeriodicEvaluator, TaskEvaluation
 from llmos_jax.training.run_guards import StopSignal, TrainingDiverged  # noqa: F401
+from llmos_jax.training.self_contained_export import task_vocabularies_for_export
 from llmos_jax.training.standard_hooks import (Checkpointing, DivergenceGuard, ExportParams,
                                                HeldoutEvaluation, MetricsLogger, PreviewSamples,
                                                TaskEvaluationHook)
@@ -145,11 +146,13 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
     batch_ranks = {key: value.ndim for key, value in first_batch.items()}
 
     spec = build_model_spec(config.model_config, objective, layout, config.seed)
+    # Carried by model_dir/export and model_dir/best, so they serve with no gin file.
+    vocabularies = task_vocabularies_for_export(config.task_name, train_data.vocabulary)
     task_eval = None if config.evaluator is None else TaskEvaluation(
         config.evaluator, objective=objective, spec=spec, layout=layout,
         task_name=config.task_name, split=config.eval_split, default_every=config.eval_every,
         sequence_length=config.sequence_length, model_dir=model_path,
-        write=jax.process_index() == 0)
+        write=jax.process_index() == 0, vocabularies=vocabularies)
     tx = config.optimizer_factory()
     shardings = state_shardings(spec, tx, layout)
 
@@ -219,7 +222,9 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
             DivergenceGuard(logged, checkpointer), logger, heldout, task_hook,
             Checkpointing(Schedule(every=config.checkpoint_every, on_stop=True), checkpointer,
                           meta),
-            ExportParams(model_path / "export", meta) if config.export else None, sampler]
+            ExportParams(model_path / "export", meta, vocabularies=vocabularies,
+                         metrics=lambda: _export_metrics(heldout, task_eval))
+            if config.export else None, sampler]
         all_hooks = tuple(hook for hook in standard if hook is not None) + (
             *config.hooks, *hooks)
 
@@ -238,6 +243,16 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
                        warm_start_report=warm_report,
                        task_metrics=task_eval.results if task_eval else {},
                        best=task_eval.best if task_eval else None)
+
+
+def _export_metrics(heldout: HeldoutEvaluation | None,
+                    task_eval: TaskEvaluation | None) -> dict[str, float]:
+    """The latest held-out and task metrics, for the export's model card."""
+    metrics = {f"eval/{name}": value
+               for name, value in (heldout.metrics if heldout else {}).items()}
+    for task, values in (task_eval.results if task_eval else {}).items():
+        metrics.update({f"{task}/{name}": value for name, value in values.items()})
+    return metrics
 
 
 def _loop(train_step, state: TrainState, fetch, start_step: int, end_step: int,
