@@ -12,45 +12,22 @@
   `checkpoints/` (chmod by its non-root owner, which the kernel enforces),
   saves step 20 and prints the error.
 
-Step k's state is `host_state(k)`, a deterministic function of k, so the test
-can check a restore bit for bit without talking to the child.
+Step k's state is `checkpoint_fault_helpers.host_state(k)`, a deterministic
+function of k, so the test can check a restore bit for bit without talking to
+the child.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 import sys
 import time
-from typing import Any
+
+from checkpoint_fault_helpers import host_state
 
 NOBODY = 65534
 PAUSED_FILENAME = "paused"
-
-
-@dataclasses.dataclass
-class HostState:
-    """A stand-in for the trainer's TrainState: step, params and optimizer state."""
-
-    step: Any
-    params: Any
-    opt_state: Any
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "params": self.params, "opt_state": self.opt_state}
-
-
-def host_state(step: int) -> HostState:
-    """Distinct random leaves for each step (float32 and int32), so equality means bit-exact."""
-    import numpy as np
-
-    rng = np.random.default_rng(step)
-    return HostState(step=np.asarray(step, np.int32),
-                     params={"embed": rng.normal(size=(64, 48)).astype(np.float32),
-                             "bias": rng.normal(size=(48,)).astype(np.float32)},
-                     opt_state={"mu": rng.normal(size=(64, 48)).astype(np.float32),
-                                "count": rng.integers(0, 1000, size=(3,)).astype(np.int32)})
 
 
 def _pause_at(stage: str, step: int, model_dir: pathlib.Path):

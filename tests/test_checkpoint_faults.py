@@ -19,7 +19,6 @@ deletes an older step only after the newer one is checksummed; and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import pathlib
@@ -27,7 +26,8 @@ import shutil
 
 import numpy as np
 import pytest
-from checkpoint_fault_child import host_state
+from checkpoint_fault_helpers import (FAULTS, FILE_KINDS, assert_states_equal, damage, data_file,
+                                     host_state, snapshot)
 
 from llmos_jax.checkpoints.checkpointer import Checkpointer
 from llmos_jax.checkpoints.exports import export_params, load_exported_params
@@ -36,53 +36,6 @@ from llmos_jax.checkpoints.locations import find_checkpoint
 from llmos_jax.checkpoints.manifest import MANIFEST_NAME
 from llmos_jax.errors import UserError
 from llmos_jax.monitoring.metrics_history import mark_superseded, read_metrics
-
-FAULTS = ("truncate", "delete", "flip")
-
-
-def data_file(step_dir: pathlib.Path) -> pathlib.Path:
-    """The largest array data file of the step's state (OCDBT `d/` files hold the values)."""
-    return max((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
-               key=lambda p: p.stat().st_size)
-
-
-# Each kind of file in a step folder: parameter data, Orbax's tree metadata, our run
-# metadata (the JSON the issue's resume choked on) and Orbax's commit marker.
-FILE_KINDS = {
-    "params data": data_file,
-    "state metadata": lambda step_dir: step_dir / "state" / "_METADATA",
-    "run metadata": lambda step_dir: step_dir / "meta" / "metadata",
-    "commit marker": lambda step_dir: step_dir / "commit_success.txt",
-}
-
-
-def damage(path: pathlib.Path, fault: str) -> None:
-    data = path.read_bytes()
-    if fault == "truncate":
-        path.write_bytes(data[: len(data) // 2])
-    elif fault == "delete":
-        path.unlink()
-    else:
-        middle = len(data) // 2
-        path.write_bytes(data[:middle] + bytes([data[middle] ^ 0x01]) + data[middle + 1:])
-
-
-def snapshot(directory: pathlib.Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
-
-
-def assert_states_equal(restored, expected) -> None:
-    restored, expected = restored.as_dict(), expected.as_dict()
-    flat = lambda tree, prefix="": (  # noqa: E731
-        {k: v for key, value in tree.items() for k, v in flat(value, f"{prefix}{key}/").items()}
-        if isinstance(tree, dict) else {prefix: tree})
-    got, want = flat(restored), flat(expected)
-    assert got.keys() == want.keys()
-    for name in want:
-        assert np.asarray(got[name]).dtype == want[name].dtype, name
-        np.testing.assert_array_equal(np.asarray(got[name]), want[name], err_msg=name)
-
 
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory) -> pathlib.Path:
