@@ -13,15 +13,19 @@ each, so tests can pause or kill a run there):
 
 1. `start`: nothing of the step is on disk yet;
 2. `written`: Orbax has written every file into `<step>.orbax-checkpoint-tmp`
-   (async saves only), not yet committed;
-3. `committed`: Orbax renamed it to `<step>`; no checksums yet. A step in this
-   state (its metadata says checksums were due) counts as an interrupted save;
-4. `checksummed`: `SHA256SUMS.json` is written: the step is complete and
-   verified;
+   (async saves only); their checksums are written there next, before the
+   commit, so a committed step always has them;
+3. `committed`: Orbax renamed the folder to `<step>`: the step restores;
+4. `checksummed`: the two files Orbax wrote at the commit are checksummed too:
+   the step is complete and verified;
 5. `rotating`: only now are steps beyond the newest `keep` removed (each is
    first renamed to `<step>.deleting`, so a half-deleted folder is never taken
    for a checkpoint);
 6. `done`.
+
+A synchronous save has no `written` stage: its checksums are written after the
+commit, and a step committed without them (its metadata says they were due)
+counts as an interrupted save.
 
 A failed save (disk full, permission lost) raises `CheckpointSaveFailed` at
 the next save, `wait` or `close`, naming the step and the last good one,
@@ -44,7 +48,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from llmos_jax.checkpoints.exports import export_params, load_exported_params  # noqa: F401
-from llmos_jax.checkpoints.manifest import (MANIFEST_NAME, Damage, check_manifest, has_manifest,
+from llmos_jax.checkpoints.manifest import (MANIFEST_NAME, Damage, check_manifest,
+                                            complete_manifest, has_manifest, is_complete,
                                             read_manifest, write_manifest)
 from llmos_jax.errors import UserError
 
@@ -57,6 +62,11 @@ SAVE_STAGES = ("start", "written", "committed", "checksummed", "rotating", "done
 # without them is an interrupted save, not one written before checksums existed.
 _CHECKSUMS_KEY = "llmos_checksums"
 _STEP_NAME = re.compile(r"^(0|[1-9]\d*)$")  # Orbax's standard step names.
+# What Orbax writes into a step folder as it commits it (after our first checksums),
+# and the suffix of the folder it writes a step into before that.
+_STEP_METADATA_FILE = "_CHECKPOINT_METADATA"
+_COMMIT_MARKER = "commit_success.txt"
+_ORBAX_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 DELETING_SUFFIX = ".deleting"
 
 SaveStageCallback = Callable[[str, int], None]
@@ -227,7 +237,18 @@ class Checkpointer:
         if not path.is_dir():
             return Damage(path, "missing")
         if has_manifest(path):
-            return check_manifest(path)
+            damage = check_manifest(path)
+            if damage is not None or is_complete(path):
+                return damage
+            # Killed after Orbax's commit, before its own two files were checksummed:
+            # the data is verified; those two must at least be there and read.
+            if not (path / _COMMIT_MARKER).is_file():
+                return Damage(path / _COMMIT_MARKER, "missing (Orbax's commit marker)")
+            try:
+                self._manager.metadata(step)
+            except Exception as error:
+                return Damage(path / _STEP_METADATA_FILE, f"unreadable ({_describe(error)})")
+            return None
         try:
             custom = self._manager.metadata(step).custom_metadata or {}
         except Exception as error:  # Orbax raises many types for unreadable files.
@@ -328,9 +349,21 @@ class Checkpointer:
             self._on_save_stage(stage, step)
 
     def _written(self) -> None:
-        # Orbax's post-finalization callback: every file is in the temporary folder.
-        if self._saving_step is not None:
-            self._stage("written", self._saving_step)
+        """Orbax's post-finalization callback: every item file is in the temporary folder.
+
+        Their checksums go in now, before Orbax renames the folder to `<step>`,
+        so a committed step always has them.
+        """
+        step = self._saving_step
+        if step is None:
+            return
+        self._stage("written", step)
+        if self._chief:
+            temporary = sorted(self.directory.glob(f"{step}{_ORBAX_TMP_SUFFIX}*"))
+            if len(temporary) != 1:
+                raise FileNotFoundError(2, "no single folder Orbax is writing the step into",
+                                        str(self.directory / f"{step}{_ORBAX_TMP_SUFFIX}"))
+            write_manifest(temporary[0], exclude=(_STEP_METADATA_FILE,), complete=False)
 
     def _seal_in_background(self, step: int) -> None:
         try:
@@ -347,7 +380,10 @@ class Checkpointer:
             raise FileNotFoundError(2, "Orbax finished without committing the step", str(path))
         self._stage("committed", step)
         if self._chief:
-            write_manifest(path)
+            if has_manifest(path):  # Written before the commit (async saves).
+                complete_manifest(path)
+            else:
+                write_manifest(path)
             if not isinstance(read_manifest(path), dict):
                 raise OSError(5, "the checksums did not read back", str(path / MANIFEST_NAME))
         self._stage("checksummed", step)

@@ -3,8 +3,11 @@
 Orbax's commit marker and metadata catch a save that never finished or a
 file cut short, but not a flipped byte: that restores silently wrong values.
 So every checkpoint step folder and every export gets `SHA256SUMS.json`, the
-size and SHA-256 of each of its files, written once the save is complete, and
-a restore first checks the files against it.
+size and SHA-256 of each of its files, and a restore first checks the files
+against it. A checkpoint's manifest is written in two steps: its items' files
+are hashed before Orbax commits the step (so a committed step always has
+checksums), and the two files Orbax writes at the commit itself are added
+after it (`complete_manifest`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import os
 import pathlib
 from collections.abc import Mapping
+from typing import Any
 
 MANIFEST_NAME = "SHA256SUMS.json"
 _CHUNK = 1 << 20
@@ -56,26 +60,54 @@ def _hash_all(directory: pathlib.Path, relative: list[str]) -> dict[str, str]:
         return dict(zip(relative, pool.map(lambda name: _sha256(directory / name), relative)))
 
 
-def write_manifest(directory: str | os.PathLike) -> dict[str, dict[str, int | str]]:
+def _write(directory: pathlib.Path, files: Mapping[str, Mapping[str, int | str]],
+           complete: bool) -> None:
+    partial = directory / (MANIFEST_NAME + ".partial")
+    with open(partial, "w", encoding="utf-8") as out:
+        json.dump({"algorithm": "sha256", "complete": complete, "files": files}, out, indent=1,
+                  sort_keys=True)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, directory / MANIFEST_NAME)
+
+
+def _entries(directory: pathlib.Path, names: list[str]) -> dict[str, dict[str, int | str]]:
+    digests = _hash_all(directory, names)
+    return {name: {"bytes": (directory / name).stat().st_size, "sha256": digests[name]}
+            for name in names}
+
+
+def write_manifest(directory: str | os.PathLike, *, exclude: tuple[str, ...] = (),
+                   complete: bool = True) -> dict[str, dict[str, int | str]]:
     """Hashes every file under `directory` and writes `SHA256SUMS.json` there, atomically.
 
     The manifest is written to a temporary name, flushed to disk and renamed, so
     a crash leaves either no manifest or a whole one.
 
+    Args:
+      directory: The folder.
+      exclude: Relative paths left out (files that will still change).
+      complete: False when more files are still to come (`complete_manifest`).
+
     Returns:
       Relative path -> {"bytes": size, "sha256": hex digest}.
     """
     directory = pathlib.Path(directory)
-    relative = [str(p.relative_to(directory)) for p in _files(directory)]
-    digests = _hash_all(directory, relative)
-    files = {name: {"bytes": (directory / name).stat().st_size, "sha256": digests[name]}
-             for name in relative}
-    partial = directory / (MANIFEST_NAME + ".partial")
-    with open(partial, "w", encoding="utf-8") as out:
-        json.dump({"algorithm": "sha256", "files": files}, out, indent=1, sort_keys=True)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, directory / MANIFEST_NAME)
+    names = [str(p.relative_to(directory)) for p in _files(directory)]
+    files = _entries(directory, [name for name in names if name not in exclude])
+    _write(directory, files, complete)
+    return files
+
+
+def complete_manifest(directory: str | os.PathLike) -> dict[str, dict[str, int | str]]:
+    """Adds the files written since `write_manifest(..., complete=False)` and marks it complete."""
+    directory = pathlib.Path(directory)
+    files = read_manifest(directory)
+    if isinstance(files, Damage):
+        raise OSError(2, f"cannot complete the checksums: {files.problem}", str(files.path))
+    names = [str(p.relative_to(directory)) for p in _files(directory)]
+    files = {**files, **_entries(directory, [name for name in names if name not in files])}
+    _write(directory, files, True)
     return files
 
 
@@ -83,18 +115,29 @@ def has_manifest(directory: str | os.PathLike) -> bool:
     return (pathlib.Path(directory) / MANIFEST_NAME).exists()
 
 
-def read_manifest(directory: pathlib.Path) -> Mapping[str, Mapping[str, int | str]] | Damage:
-    """The manifest's file table, or the `Damage` that makes it unreadable."""
+def _read(directory: pathlib.Path) -> dict[str, Any] | Damage:
     path = directory / MANIFEST_NAME
     try:
-        files = json.loads(path.read_text(encoding="utf-8"))["files"]
-        if not isinstance(files, dict):
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest.get("files"), dict):
             raise TypeError("'files' is not a table")
-        return files
+        return manifest
     except FileNotFoundError:
         return Damage(path, "missing")
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         return Damage(path, f"unreadable ({type(error).__name__}: {error})")
+
+
+def read_manifest(directory: pathlib.Path) -> Mapping[str, Mapping[str, int | str]] | Damage:
+    """The manifest's file table, or the `Damage` that makes it unreadable."""
+    manifest = _read(pathlib.Path(directory))
+    return manifest if isinstance(manifest, Damage) else manifest["files"]
+
+
+def is_complete(directory: str | os.PathLike) -> bool:
+    """Whether the manifest lists every file (False: written before a commit that then stopped)."""
+    manifest = _read(pathlib.Path(directory))
+    return not isinstance(manifest, Damage) and manifest.get("complete", True) is True
 
 
 def check_manifest(directory: str | os.PathLike) -> Damage | None:
