@@ -190,6 +190,9 @@ class Checkpointer:
         self._read_only = read_only
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=1, max_to_keep=None, create=not read_only,
+            # Steps are listed and checked here (`check`); Orbax reading every step's
+            # metadata up front only logs errors about the damaged ones.
+            lightweight_initialize=True,
             enable_async_checkpointing=self._async,
             async_options=(ocp.AsyncOptions(post_finalization_callback=self._written,
                                             create_directories_asynchronously=False)

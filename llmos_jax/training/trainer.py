@@ -117,7 +117,7 @@ class TrainResult:
 def train(*, model_dir: str, config: TrainConfig | None = None,
           hooks: Sequence[TrainHook] = (),
           on_save_stage: SaveStageCallback | None = None) -> TrainResult:
-    """Trains a model; resumes automatically from the latest checkpoint in `model_dir`.
+    """Trains a model; resumes automatically from the newest intact checkpoint in `model_dir`.
 
     Args:
       model_dir: Checkpoints, TensorBoard events, `metrics.jsonl` and
