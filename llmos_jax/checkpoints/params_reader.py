@@ -1,8 +1,8 @@
 """Reading parameters alone, onto the host or into a model's shardings.
 
 Warm starts, `llmos eval` and `llmos infer` need a run's weights without its
-optimizer state: from its latest checkpoint (the `params` of its Orbax state)
-or from a params-only export.
+optimizer state: from the checkpoint `find_checkpoint` chose (the `params` of
+its Orbax state) or from a params-only export, both verified first.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
-from llmos_jax.checkpoints.checkpointer import first_shape_mismatch
-from llmos_jax.checkpoints.locations import CheckpointLocation
+from llmos_jax.checkpoints.checkpointer import committed_steps, first_shape_mismatch
+from llmos_jax.checkpoints.locations import CheckpointLocation, find_checkpoint
 from llmos_jax.errors import UserError
 
 
@@ -50,22 +50,35 @@ def _restore_params_on_host(item_dir: pathlib.Path, key: str | None) -> dict[str
     return {name: np.asarray(value) for name, value in flat_params(params).items()}
 
 
+def read_location(location: CheckpointLocation) -> dict[str, np.ndarray]:
+    """The parameters `find_checkpoint` located, on the host.
+
+    Raises:
+      UserError: Orbax cannot read them (a step written before checkpoints had
+        checksums, whose files are damaged); nothing is changed on disk.
+    """
+    try:
+        return _restore_params_on_host(location.params_item, location.params_key)
+    except Exception as error:
+        raise UserError(f"cannot read the parameters in {location.params_item} (step "
+                        f"{location.step}): {type(error).__name__}: {str(error)[:300]}. Nothing "
+                        "was changed; give another step or export.") from error
+
+
 def read_our_params(location: str) -> dict[str, np.ndarray]:
-    """Parameters of one of our runs (latest checkpoint) or of a params-only export."""
+    """Parameters of one of our runs (newest intact checkpoint, a step) or of an export."""
     path = pathlib.Path(location).expanduser().absolute()
-    if (path / "params").is_dir():  # export_params
-        return _restore_params_on_host(path / "params", None)
-    checkpoints = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted(int(p.name) for p in checkpoints.glob("*") if p.name.isdigit())
-    if not steps:
+    if not path.is_dir() or not ((path / "params").is_dir() or path.name.isdigit()
+                                 or committed_steps(path / "checkpoints")
+                                 or committed_steps(path)):
         raise UserError(f"InitFrom.checkpoint={location!r} holds no checkpoint or export; give a "
                         "model_dir that has checkpoints/, or an export folder with params/.")
-    return _restore_params_on_host(checkpoints / str(steps[-1]) / "state", "params")
+    return read_location(find_checkpoint(location, flag="InitFrom.checkpoint"))
 
 
 def restore_params(location: CheckpointLocation, spec, shardings, *, checkpoint: str):
     """The checkpoint's parameters in the model's tree structure, placed with `shardings`."""
-    saved = read_our_params(str(location.path))
+    saved = read_location(location)
     expected = flat_params(spec.abstract_params)
     mismatch = first_shape_mismatch({k: v.shape for k, v in saved.items()},
                                     {k: v.shape for k, v in expected.items()})

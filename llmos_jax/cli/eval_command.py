@@ -2,7 +2,7 @@
 
 The model is built and restored by `llmos_jax.cli.run_loading`, the
 way `llmos train` builds it (`train.model_config`, `train.objective`, mesh
-and rules), from a run's latest checkpoint or a params-only export
+and rules), from a run's newest intact checkpoint or a params-only export
 (`model_dir/export`, `model_dir/best`). The task's own metric functions
 (seqio `metric_fns`) score the split through `llmos_jax.evaluation.evaluate`,
 fed by the predictor the objective calls for

@@ -9,9 +9,11 @@ that mesh, the task's vocabularies, and the metadata saved with the weights.
 when the checkpoint's vocabulary is not the task's.
 
 The model is built by `llmos_jax.objectives.model_building`, the code `train`
-builds it with. `--checkpoint` may be a run's `model_dir` (its latest
-checkpoint), its `checkpoints/` folder, a params-only export
-(`model_dir/export`) or the best step's export (`model_dir/best`).
+builds it with. `--checkpoint` may be a run's `model_dir` (its newest
+checkpoint that verifies; damaged newer steps are skipped, never moved), its
+`checkpoints/` folder, one step folder, a params-only export
+(`model_dir/export`) or the best step's export (`model_dir/best`); a damaged
+step or export given explicitly is refused (`checkpoints.locations`).
 
 `DecodeConfig` is a gin configurable (registered with the training ones), so
 gin files and `--gin.DecodeConfig.NAME=VALUE` flags set decoding;

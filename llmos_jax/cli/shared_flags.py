@@ -31,8 +31,9 @@ RUN_GIN_FILE = Flag(
 CHECKPOINT = Flag(
     "checkpoint",
     "DIR",
-    "A run's model_dir (its latest checkpoint), its checkpoints/ folder, or a params-only "
-    "export folder (model_dir/export, model_dir/best).",
+    "A run's model_dir (its newest checkpoint that verifies; damaged newer ones are "
+    "skipped with a warning), its checkpoints/ folder, one step (checkpoints/<step>), or a "
+    "params-only export folder (model_dir/export, model_dir/best).",
 )
 
 

@@ -17,8 +17,9 @@ evaluation so far are exported to `model_dir/best/` (`params/`, and
 it carries its vocabularies and MODEL_CARD.md, so `llmos serve` loads it).
 That folder is outside `checkpoints/`, so the keep-K rotation never deletes
 it; a resumed run reads `best/meta.json` and replaces the export only with a
-better step. `llmos eval --checkpoint=model_dir/best` evaluates it, `llmos
-infer` decodes with it.
+better step. The export is written beside it and swapped in whole, so a crash
+mid-export leaves the previous best as it was. `llmos eval
+--checkpoint=model_dir/best` evaluates it, `llmos infer` decodes with it.
 """
 
 from __future__ import annotations
@@ -244,9 +245,7 @@ class TaskEvaluation:
                                           else value < self.best.value):
             return
         directory = self._model_dir / BEST_DIRNAME
-        if self._write and (directory / "meta.json").exists():
-            # A crash while exporting must not leave the old record beside new weights.
-            (directory / "meta.json").unlink()
+        # `export_params` swaps the new folder in whole: a crash leaves the old best intact.
         record = {"metric": name, "value": value, "mode": mode, "step": step,
                   "task_name": self.task_name, "split": self.split, "results": self.results}
         flat = {f"{task}/{metric}": value for task, metrics in self.results.items()

@@ -131,7 +131,12 @@ class TaskEvaluationHook:
 
 
 class Checkpointing:
-    """Saves the state, with the data position, unless it has diverged."""
+    """Saves the state, with the data position, unless it has diverged.
+
+    A save that fails (disk full, permission lost) raises `CheckpointSaveFailed`
+    here, at the next save or at the end, which stops the run; the earlier
+    checkpoints are kept.
+    """
 
     def __init__(self, schedule: Schedule, checkpointer: Checkpointer, meta: Mapping[str, Any]):
         self.schedule, self._checkpointer, self._meta = schedule, checkpointer, meta
@@ -142,7 +147,9 @@ class Checkpointing:
                                 {**self._meta, "data_position": context.step})
 
     def on_end(self, context: StepContext) -> None:
-        pass
+        # The last save must be on disk and checksummed (or its failure reported)
+        # before the run exports or says it finished.
+        self._checkpointer.wait()
 
 
 class ExportParams:

@@ -8,7 +8,11 @@ in its own module. One loop trains every model family: the objective
 (decoder LM by default; MLM+NSP, T5, sequence and token classification).
 Batches are a pure function of (seed, step), so resuming only needs the step
 saved with the checkpoint; the saved metadata records that data position.
-A fresh run can start from pretrained weights (`warm_start`).
+A fresh run can start from pretrained weights (`warm_start`). A resume
+starts from the newest checkpoint that restores and verifies: damaged newer
+ones are skipped with a warning and moved aside (`checkpoints.fallback`), and
+the `metrics.jsonl` records of the steps about to be redone are marked
+superseded.
 
 Between steps the loop only calls hooks (`hooks`): the divergence guard,
 metrics, held-out and task evaluation (`periodic_eval`) and checkpoints are
@@ -37,12 +41,14 @@ from llmos_jax.models.config import TransformerConfig
 from llmos_jax.models.encoder import EncoderConfig
 from llmos_jax.models.encoder_decoder import EncoderDecoderConfig
 from llmos_jax.models.families import family_for_config
+from llmos_jax.monitoring.metrics_history import mark_superseded
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
 from llmos_jax.monitoring.peak_flops import peak_flops_per_device
 from llmos_jax.monitoring.progress import TrainProgress
 from llmos_jax.partitioning import Layout, MeshConfig
 from llmos_jax.training import run_metadata, warm_start
-from llmos_jax.checkpoints.checkpointer import Checkpointer, check_writable
+from llmos_jax.checkpoints.checkpointer import Checkpointer, SaveStageCallback, check_writable
+from llmos_jax.checkpoints.fallback import restore_newest
 from llmos_jax.objectives.model_building import ModelSpec, build_model_spec, resolve_objective
 from llmos_jax.objectives import (BertPretraining, CausalLm, Objective, Seq2Seq,
                                            SequenceClassification, TokenClassification,
@@ -110,8 +116,9 @@ class TrainResult:
 
 
 def train(*, model_dir: str, config: TrainConfig | None = None,
-          hooks: Sequence[TrainHook] = ()) -> TrainResult:
-    """Trains a model; resumes automatically from the latest checkpoint in `model_dir`.
+          hooks: Sequence[TrainHook] = (),
+          on_save_stage: SaveStageCallback | None = None) -> TrainResult:
+    """Trains a model; resumes automatically from the newest intact checkpoint in `model_dir`.
 
     Args:
       model_dir: Checkpoints, TensorBoard events, `metrics.jsonl` and
@@ -119,11 +126,16 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
       config: The run's settings; default `TrainConfig.from_gin()`, the
         `train.NAME` bindings of the parsed gin files.
       hooks: Run after the standard hooks and `config.hooks`, in this order.
+      on_save_stage: Called with (stage, step) at each stage of every checkpoint
+        save (`checkpoints.checkpointer.SAVE_STAGES`): where tests pause or kill
+        a run to prove that no moment of a save loses a checkpoint.
 
     Raises:
       UserError: a setting that does not fit the data, the devices or a
         checkpoint already in `model_dir` (before training starts);
-        `TrainingDiverged` when the loss or a norm stops being finite.
+        `TrainingDiverged` when the loss or a norm stops being finite;
+        `CheckpointSaveFailed` when a checkpoint cannot be written (disk full,
+        permission lost): the earlier checkpoints are kept.
     """
     started = time.time()
     # Before any XLA computation: makes malloc recycle XLA:CPU's per-step buffers.
@@ -158,7 +170,8 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
 
     checkpointer = Checkpointer(model_path, save_every=config.checkpoint_every,
                                 keep=config.keep_checkpoints,
-                                async_save=config.async_checkpointing)
+                                async_save=config.async_checkpointing,
+                                on_save_stage=on_save_stage)
     meta = run_metadata.describe_run(
         config.model_config, train_data.vocabulary, task_name=config.task_name,
         seed=config.seed, global_batch_size=config.global_batch_size,
@@ -167,6 +180,9 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
     state, warm_report = _restore_or_init(config, checkpointer, meta, spec, tx, shardings,
                                           model_path)
     start_step = int(jax.device_get(state.step))
+    if jax.process_index() == 0:
+        # Records of steps after the one resumed from are redone: mark the old ones.
+        mark_superseded(model_path, after_step=start_step)
     num_params = sum(leaf.size for leaf in jax.tree.leaves(spec.abstract_params))
     log.info("model: %s, %.2fM parameters; mesh %s over %d device(s); batch %d x %s tokens; "
              "steps %d -> %d", type(objective).__name__, num_params / 1e6,
@@ -304,14 +320,18 @@ def _open_data(config: TrainConfig) -> tuple[Batches, Batches | None]:
 
 def _restore_or_init(config: TrainConfig, checkpointer: Checkpointer, meta: dict[str, Any],
                      spec: ModelSpec, tx, shardings: TrainState, model_path: pathlib.Path):
-    """The latest checkpoint's state if there is one (checked compatible), else a fresh one."""
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        run_metadata.check_compatible(checkpointer.read_meta(latest), meta,
-                                      checkpoint_dir=checkpointer.directory)
-        state = checkpointer.restore(latest, abstract_train_state(spec, tx, shardings))
-        log.info("resumed from step %d in %s", latest, checkpointer.directory)
-        return state, None
+    """The newest checkpoint that restores (checked compatible), else a fresh state.
+
+    Damaged newer steps are skipped and moved aside (`checkpoints.fallback`).
+    """
+    restored = restore_newest(
+        checkpointer, abstract_train_state(spec, tx, shardings),
+        check_meta=lambda saved: run_metadata.check_compatible(
+            saved, meta, checkpoint_dir=checkpointer.directory),
+        move_damaged=True)
+    if restored is not None:
+        log.info("resumed from step %d in %s", restored.step, checkpointer.directory)
+        return restored.state, None
     state = init_train_state(spec, tx, shardings)
     if config.init_from is None:
         return state, None

@@ -49,7 +49,7 @@ class InitFrom:
     """Where a fresh run takes its initial weights from (exactly one source).
 
     Attributes:
-      checkpoint: One of our runs: its `model_dir` (latest checkpoint), its
+      checkpoint: One of our runs: its `model_dir` (newest intact checkpoint), its
         `checkpoints/` folder, or a params-only export (`<model_dir>/export`).
       hf_dir: A Hugging Face directory (config.json + model.safetensors), or
         `package:<python package>/<sub path>` for one shipped in a package.
