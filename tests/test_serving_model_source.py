@@ -194,6 +194,7 @@ def test_an_encoder_decoder_export_encodes_with_its_inputs_vocabulary_and_eos(tm
     meta = json.loads((old / "meta.json").read_text())
     del meta["model_family"]
     (old / "meta.json").write_text(json.dumps(meta))
+    (old / "SHA256SUMS.json").unlink()  # nor had checksums
     template = tmp_path / "chat.jinja"
     template.write_text("{% for m in messages %}{{ m['content'] }} {% endfor %}")
     again = load_served_model(old, chat_template_file=template)
@@ -201,6 +202,17 @@ def test_an_encoder_decoder_export_encodes_with_its_inputs_vocabulary_and_eos(tm
     template.write_text("{% if %}")
     with pytest.raises(UserError, match=r"chat template .*chat.jinja does not compile"):
         load_served_model(old, chat_template_file=template)
+
+    # A damaged export (one byte of its parameters changed) is refused, naming the file.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "export", damaged)
+    data = max((p for p in (damaged / "params").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"--model=.*the export is damaged: .*params"):
+        load_served_model(damaged)
 
 
 WORDS = ["<unk>", *(f"\u2581{w}" for w in "the cat sat on mat a dog ran to red barn".split()),

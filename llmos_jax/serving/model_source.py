@@ -43,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from llmos_jax.checkpoints.checkpointer import first_shape_mismatch
+from llmos_jax.checkpoints.exports import check_export
 from llmos_jax.checkpoints.locations import EXPORT_DIRNAMES
 from llmos_jax.checkpoints.params_reader import flat_params, read_our_params
 from llmos_jax.data.vocabulary_files import MANIFEST_KEY, read_vocabularies
@@ -174,6 +175,7 @@ def _run_export(folder: pathlib.Path, given: str | os.PathLike) -> pathlib.Path:
 
 
 def _load_export(folder: pathlib.Path, layout: Layout) -> _Loaded:
+    check_export(folder, flag=MODEL_FLAG)  # checksums: a damaged export is refused, named
     meta_file = folder / "meta.json"
     if not meta_file.is_file():
         raise UserError(f"{folder} has params/ but no meta.json; it is not a complete export. "
