@@ -37,18 +37,12 @@ import time
 import httpx
 import openai
 
+from llmos_jax.serving.server import free_port
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_hf_gpt2_dir import prompt_of_length  # noqa: E402
 
 OUTPUT_TOKENS = 64
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float | None:

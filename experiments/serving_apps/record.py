@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,11 +26,7 @@ import time
 import httpx
 import openai
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from llmos_jax.serving.server import free_port
 
 
 def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> float:

@@ -89,6 +89,19 @@ class ParsedFlags:
             raise UserError(f"--{name}={number} must be positive.")
         return number
 
+    def positive_float(self, name: str, default: float | None) -> float | None:
+        """The last `--name` as a positive number, or `default` when absent."""
+        value = self.one(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise UserError(f"--{name}={value!r} is not a number.") from None
+        if number <= 0:
+            raise UserError(f"--{name}={value} must be positive.")
+        return number
+
     def boolean(self, name: str) -> bool:
         """The last `--name` as true/false/1/0 (any case); false when absent."""
         value = (self.one(name) or "false").lower()

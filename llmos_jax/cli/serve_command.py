@@ -75,19 +75,6 @@ def serve_command() -> Command:
     )
 
 
-def _positive_float(flags: ParsedFlags, name: str, default: float | None) -> float | None:
-    value = flags.one(name)
-    if value is None:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise UserError(f"--{name}={value!r} is not a number of seconds.") from None
-    if number <= 0:
-        raise UserError(f"--{name}={value} must be positive.")
-    return number
-
-
 def _api_keys(flags: ParsedFlags) -> tuple[str, ...]:
     keys = [k for k in flags.all("api-key") if k]
     key_file = flags.one("api-key-file")
@@ -130,7 +117,7 @@ def run_serve(flags: ParsedFlags) -> int:
 
     try:
         api_options = ApiOptions(
-            api_keys=keys, request_timeout=_positive_float(flags, "request-timeout", None),
+            api_keys=keys, request_timeout=flags.positive_float("request-timeout", None),
             max_body_bytes=flags.positive_int("max-body-bytes", 4 * 1024 * 1024),
             cors_origins=tuple(flags.all("cors-origin")), log_prompts=flags.boolean(
                 "log-prompts"))
@@ -150,7 +137,7 @@ def run_serve(flags: ParsedFlags) -> int:
              served.source, host, port, engine_options.max_slots,
              engine_options.max_context or served.max_context)
     serve(served, engine_options=engine_options, api_options=api_options, host=host, port=port,
-          shutdown_grace=_positive_float(flags, "shutdown-grace", 30.0), log_level=level)
+          shutdown_grace=flags.positive_float("shutdown-grace", 30.0), log_level=level)
     return 0
 
 
