@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import seqio
@@ -43,3 +44,31 @@ def greedy_reference(served: ServedModel, max_new_tokens: int = 32):
             tokens = tokens[:tokens.index(served.eos_id)]
         return tokens[:max_tokens]
     return run
+
+
+WORDS = ["<unk>", *(f"\u2581{w}" for w in "the cat sat on mat a dog ran to red barn".split()),
+         "<|endoftext|>"]
+
+
+def hf_gpt2_folder(directory, n_positions: int = 64) -> int:
+    """config.json + model.safetensors (transformers, random weights) and a word-level
+    tokenizer.json, with a chat template in tokenizer_config.json; returns the EOS id."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    eos = len(WORDS) - 1
+    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(WORDS),
+                                     n_positions=n_positions, bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="always")
+    tokenizer.add_special_tokens(["<|endoftext|>"])
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>"},
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }} "
+                         "{% endfor %}{% if add_generation_prompt %}a{% endif %}"}))
+    return eos

@@ -19,6 +19,7 @@ import seqio
 import tensorflow as tf
 from flax import nnx
 from inference_helpers import random_model
+from serving_api_helpers import hf_gpt2_folder
 
 from llmos_jax.data.char_vocabulary import CharacterVocabulary
 from llmos_jax.data.vocabulary_files import TaskVocabularies
@@ -215,39 +216,11 @@ def test_an_encoder_decoder_export_encodes_with_its_inputs_vocabulary_and_eos(tm
         load_served_model(damaged)
 
 
-WORDS = ["<unk>", *(f"\u2581{w}" for w in "the cat sat on mat a dog ran to red barn".split()),
-         "<|endoftext|>"]
-
-
-def _hf_gpt2_folder(directory):
-    """config.json + model.safetensors (transformers, random weights) and a word-level
-    tokenizer.json, with a chat template in tokenizer_config.json."""
-    import torch
-    import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    eos = len(WORDS) - 1
-    config = transformers.GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(WORDS),
-                                     n_positions=64, bos_token_id=eos, eos_token_id=eos)
-    torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
-    tokenizer.decoder = decoders.Metaspace(prepend_scheme="always")
-    tokenizer.add_special_tokens(["<|endoftext|>"])
-    tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>"},
-        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }} "
-                         "{% endfor %}{% if add_generation_prompt %}a{% endif %}"}))
-    return eos
-
-
 def test_a_hugging_face_gpt2_folder_serves_with_its_tokenizer_and_template(tmp_path):
     from llmos_jax.convert.hf_models import import_hf_model
 
     folder = tmp_path / "tiny_gpt2"
-    eos = _hf_gpt2_folder(folder)
+    eos = hf_gpt2_folder(folder)
     served = load_served_model(folder)
     assert (served.name, served.family, served.eos_id, served.max_context) == (
         "tiny_gpt2", "decoder", eos, 64)
