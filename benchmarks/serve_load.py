@@ -68,6 +68,15 @@ def proc_cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_busy_cpu_seconds() -> float:
+    """CPU seconds every process on the machine has used (to tell what others took meanwhile)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    return times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(
+        times, "softirq", 0.0)
+
+
 def peak_rss_mb(pid: int) -> float:
     """Sum over the server's processes of each one's peak resident memory (VmHWM)."""
     total = 0
@@ -155,10 +164,14 @@ async def closed_loop(server: Server, clients: int, per_client: int, seed: int) 
 
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     server_cpu0 = proc_cpu_seconds(server.process.pid)
+    machine_cpu0 = machine_busy_cpu_seconds()
     started = time.monotonic()
     await asyncio.gather(*(user(i) for i in range(clients)))
     wall = time.monotonic() - started
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    machine_cpu = machine_busy_cpu_seconds() - machine_cpu0
+    client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    server_cpu = proc_cpu_seconds(server.process.pid) - server_cpu0
     tokens = sum(r["tokens"] for r in results)
     ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
     gaps = [g for r in results for g in r["gaps"]]
@@ -167,8 +180,8 @@ async def closed_loop(server: Server, clients: int, per_client: int, seed: int) 
             "ttft_p50_s": percentile(ttfts, 50), "ttft_p99_s": percentile(ttfts, 99),
             "itl_p50_s": percentile(gaps, 50), "itl_p99_s": percentile(gaps, 99),
             "tokens_per_request": sorted({r["tokens"] for r in results}),
-            "client_cpu_s": (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime),
-            "server_cpu_s": proc_cpu_seconds(server.process.pid) - server_cpu0,
+            "client_cpu_s": client_cpu, "server_cpu_s": server_cpu,
+            "other_processes_cpu_s": max(0.0, machine_cpu - client_cpu - server_cpu),
             "server_peak_rss_mb": peak_rss_mb(server.process.pid)}
 
 
@@ -228,7 +241,52 @@ def machine() -> dict:
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                 if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()}
+    from llmos_jax.monitoring.peak_flops import measure_matmul_peak
+
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
+                  if line.startswith("flags")), [])
+    interesting = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "cpu_flags": interesting,
+            "fp32_matmul_peak_gflops": measure_matmul_peak() / 1e9}
+
+
+def markdown_table(report: dict) -> str:
+    """The runs as a Markdown table, with llmos/transformers ratios at each concurrency."""
+    def ms(value):
+        return "-" if value is None else f"{value * 1000:.0f}"
+
+    rows = ["| server | clients | output tok/s | req/s | TTFT p50 / p99 (ms) | "
+            "ITL p50 / p99 (ms) | server CPU s | client CPU s | other CPU s | "
+            "server peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for run in report["runs"]:
+        rows.append(
+            f"| {run['server']} | {run['clients']} | {run['output_tokens_per_s']:.1f} | "
+            f"{run['requests_per_s']:.2f} | {ms(run['ttft_p50_s'])} / {ms(run['ttft_p99_s'])} | "
+            f"{ms(run['itl_p50_s'])} / {ms(run['itl_p99_s'])} | {run['server_cpu_s']:.0f} | "
+            f"{run['client_cpu_s']:.0f} | {run.get('other_processes_cpu_s', 0):.0f} | "
+            f"{run['server_peak_rss_mb']:.0f} |")
+    sequential = report.get("sequential_generate")
+    if sequential:
+        rows.append(f"| sequential `generate` | 1 | {sequential['output_tokens_per_s']:.1f} | "
+                    f"{sequential['requests_per_s']:.2f} | {ms(sequential['ttft_p50_s'])} / - | "
+                    f"{ms(sequential['itl_p50_s'])} / - | - | - | - | "
+                    f"{sequential['peak_rss_mb']:.0f} |")
+    by_key = {(r["server"], r["clients"]): r for r in report["runs"]}
+    ratios = ["", "| clients | tok/s llmos / transformers | TTFT p99 llmos / transformers | "
+              "tok/s llmos / sequential generate |", "|---|---|---|---|"]
+    for (server, clients), run in sorted(by_key.items(), key=lambda item: item[0][1]):
+        peer = by_key.get(("transformers", clients))
+        if server != "llmos":
+            continue
+        vs_peer = (f"{run['output_tokens_per_s'] / peer['output_tokens_per_s']:.2f}x"
+                   if peer else "-")
+        ttft = (f"{run['ttft_p99_s'] / peer['ttft_p99_s']:.2f}x"
+                if peer and peer["ttft_p99_s"] else "-")
+        vs_sequential = (f"{run['output_tokens_per_s'] / sequential['output_tokens_per_s']:.2f}x"
+                         if sequential else "-")
+        ratios.append(f"| {clients} | {vs_peer} | {ttft} | {vs_sequential} |")
+    return "\n".join(rows + ratios) + "\n"
 
 
 def main() -> None:
@@ -260,6 +318,7 @@ def main() -> None:
         print(json.dumps(report["sequential_generate"]), flush=True)
     with open(args.output, "w") as f:
         json.dump(report, f, indent=1)
+    print(markdown_table(report))
 
 
 if __name__ == "__main__":

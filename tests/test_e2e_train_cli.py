@@ -47,10 +47,11 @@ def write_corpus(path: pathlib.Path, paragraphs: int = 60, seed: int = 0) -> pat
 
 
 def subprocess_env() -> dict[str, str]:
-    """The test environment (conftest's 8 CPU devices included), quieter."""
+    """The test environment (conftest's 8 CPU devices included), as a user's shell has it:
+    no TF_CPP_MIN_LOG_LEVEL, so TensorFlow's start-up chatter would show."""
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -149,6 +150,9 @@ def base(runs) -> Run:
 def test_cli_run_exits_cleanly(base):
     assert "Traceback" not in base.stderr, base.describe()
     assert "llmos: error" not in base.stderr, base.describe()
+    # No TensorFlow/CUDA C++ start-up lines (E0000 ... failed call to cuInit reads as an error).
+    for noise in ("cuInit", "cudart_stub", "absl::InitializeLog", "cpu_feature_guard"):
+        assert noise not in base.stderr + base.stdout, base.describe()
 
 
 def test_loss_drops_and_every_step_is_logged_with_all_metrics(base):

@@ -65,9 +65,12 @@ def run_request(client: openai.OpenAI, model: str, spec: dict) -> tuple[str, dic
         info = {"finish_reason": finish, "chunks": len(pieces)}
     else:
         response = call(model=model, extra_body=extra, **body)
-        choice = response.choices[0]
-        text = choice.message.content if spec["endpoint"] == "chat" else choice.text
-        info = {"finish_reason": choice.finish_reason, "usage": response.usage.model_dump()}
+        texts = [c.message.content if spec["endpoint"] == "chat" else c.text
+                 for c in response.choices]
+        text = texts[0] if len(texts) == 1 else "\n".join(
+            f"--- choice {i} ---\n{t}" for i, t in enumerate(texts))
+        info = {"finish_reason": [c.finish_reason for c in response.choices],
+                "usage": {k: v for k, v in response.usage.model_dump().items() if v is not None}}
     info["seconds"] = round(time.monotonic() - started, 2)
     if first is not None:
         info["time_to_first_token_s"] = round(first - started, 2)
@@ -80,6 +83,9 @@ def main() -> int:
     parser.add_argument("--requests", required=True)
     parser.add_argument("--output", required=True)
     parser.add_argument("--serve_flag", action="append", default=[])
+    parser.add_argument("--title", default=None, help="Markdown heading of the record")
+    parser.add_argument("--note_file", default=None,
+                        help="Markdown placed under the heading: the model, how it was trained")
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -90,7 +96,10 @@ def main() -> int:
         ready_s = wait_ready(url, process)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
         model = client.models.list().data[0].id
-        lines = [f"Command: `{' '.join(['llmos', 'serve', f'--model={args.model}', *args.serve_flag])}`",
+        lines = [f"# {args.title}", ""] if args.title else []
+        if args.note_file:
+            lines += [open(args.note_file).read().strip(), ""]
+        lines += [f"Command: `{' '.join(['llmos', 'serve', f'--model={args.model}', *args.serve_flag])}`",
                  f"(ready after {ready_s:.1f} s: load, warm-up of every shape). "
                  f"Recorded by `python {' '.join(sys.argv)}` on {time.strftime('%Y-%m-%d')}.", ""]
         for spec in json.load(open(args.requests)):

@@ -160,7 +160,17 @@ def _include_probes():
 
 
 def import_configurable_modules(modules: Sequence[str] = CONFIGURABLE_MODULES) -> None:
-    """Imports `modules`, turning a missing third-party package into an install hint."""
+    """Imports `modules`, turning a missing third-party package into an install hint.
+
+    TensorFlow (under seqio) is imported first, quietly and kept off the GPUs
+    (`data.tensorflow_host`), so the data modules below find it loaded.
+    """
+    if any(module.startswith("llmos_jax.data.") for module in modules):
+        try:
+            importlib.import_module("llmos_jax.data.tensorflow_host").import_tensorflow()
+        except ModuleNotFoundError as error:
+            if error.name != "tensorflow":
+                raise
     for module in modules:
         try:
             importlib.import_module(module)
