@@ -112,9 +112,8 @@ def parse_gin(
         if str(directory) not in _gin_search_prefixes():
             gin.add_config_file_search_path(str(directory))
     import_configurable_modules(configurable_modules)  # Slow (jax): after cheap checks.
-    # A fresh config for every command, so several run in one process (a notebook).
-    with gin.unlock_config():
-        gin.clear_config()
+    # A fresh, unlocked config for every command, so several run in one process (a notebook).
+    gin.clear_config()
     try:
         with _include_probes():
             gin.parse_config_files_and_bindings(
