@@ -198,10 +198,15 @@ def test_unquoted_string_value_gets_quoting_hint():
 
 
 def test_errors_gin_reports_that_we_do_not_model_still_become_user_errors():
-    parse([], ["cli_gin_test_model.width = 2"])  # Finalizes, i.e. locks, the config.
-    message = error_of([], ["cli_gin_test_model.width = 3"])
+    message = error_of([], ["cli_gin_test_model.width = %UNDEFINED_MACRO"])
     assert message.startswith("invalid gin config: ")
-    assert "locked" in message
+    assert "UNDEFINED_MACRO" in message
+
+
+def test_each_parse_starts_from_a_fresh_config_so_commands_can_share_a_process():
+    parse([], ["cli_gin_test_model.width = 2"])  # Finalizes, i.e. locks, the config.
+    parse([], ["cli_gin_test_model.optimizer = 'sgd'"])  # The next command's.
+    assert gin.get_bindings("cli_gin_test_model") == {"optimizer": "sgd"}
 
 
 def test_missing_third_party_package_gets_install_hint():

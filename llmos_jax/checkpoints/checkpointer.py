@@ -106,7 +106,7 @@ def check_writable(model_dir: str | os.PathLike) -> pathlib.Path:
     path = pathlib.Path(model_dir).expanduser().absolute()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".llmos_write_probe"
+        probe = path / f".llmos_write_probe.{os.getpid()}"  # One per host of a multi-host run.
         probe.write_text("ok")
         probe.unlink()
     except OSError as err:

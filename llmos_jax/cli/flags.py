@@ -56,6 +56,7 @@ class ParsedFlags:
 
     values: tuple[FlagValue, ...] = ()
     help_requested: bool = False
+    trailing: tuple[str, ...] = ()  # What followed `--`, for commands that take it.
 
     def all(self, name: str) -> list[str]:
         return [v.value for v in self.values if v.flag.name == name]
@@ -121,6 +122,7 @@ class Command:
     flags: tuple[Flag, ...]
     example: str
     run: Callable[[ParsedFlags], int]
+    trailing: str = ""  # Set (its help) when the command takes arguments after `--`.
 
     def help_text(self) -> str:
         width = max(len(flag.usage) for flag in self.flags) + 4
@@ -131,6 +133,10 @@ class Command:
         for usage, help_ in rows:
             wrapped = textwrap.wrap(help_, 88 - width)
             lines.append(f"  {usage:<{width - 2}}{wrapped[0]}")
+            lines += [" " * width + more for more in wrapped[1:]]
+        if self.trailing:
+            wrapped = textwrap.wrap(self.trailing, 88 - width)
+            lines.append(f"  {'-- ARGS...':<{width - 2}}{wrapped[0]}")
             lines += [" " * width + more for more in wrapped[1:]]
         lines.append("")
         lines += ["example:", f"  {self.example}"]
@@ -151,6 +157,8 @@ def parse_flags(command: Command, args: Sequence[str]) -> ParsedFlags:
         position += 1
         if arg in HELP_ARGS:
             return ParsedFlags(help_requested=True)
+        if arg == "--" and command.trailing:
+            return ParsedFlags(tuple(values), trailing=tuple(args[position:]))
         if not arg.startswith("-"):
             raise UserError(
                 f"unexpected argument '{arg}' for 'llmos {command.name}': every input "

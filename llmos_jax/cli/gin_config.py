@@ -88,6 +88,8 @@ def parse_gin(
 ) -> None:
     """Parses gin files, then bindings (later ones win), into gin's global config.
 
+    The config left by an earlier call is cleared first.
+
     Args:
       gin_files: paths; relative ones are looked up in `gin_search_dirs` order.
       bindings: gin statements such as "train.num_steps = 20".
@@ -110,6 +112,8 @@ def parse_gin(
         if str(directory) not in _gin_search_prefixes():
             gin.add_config_file_search_path(str(directory))
     import_configurable_modules(configurable_modules)  # Slow (jax): after cheap checks.
+    # A fresh, unlocked config for every command, so several run in one process (a notebook).
+    gin.clear_config()
     try:
         with _include_probes():
             gin.parse_config_files_and_bindings(

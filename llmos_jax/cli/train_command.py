@@ -1,5 +1,8 @@
 """`llmos train`: parse the gin files and flags, then call the trainer with `model_dir`.
 
+On several hosts each runs the same command and joins the others first
+(`cli.distributed`: flags, `LLMOS_*` variables or the cluster's own).
+
 Gin is parsed completely before the trainer is imported, so a bad file or
 binding fails in a second, before `--model_dir` is touched. gin and the trainer
 (and with it JAX) load inside the handler, so building the command is cheap.
@@ -11,6 +14,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from llmos_jax.cli import distributed
 from llmos_jax.cli.flags import Command, Flag, ParsedFlags
 from llmos_jax.cli.shared_flags import GIN_SEARCH_PATH, gin_override_flag
 from llmos_jax.errors import UserError
@@ -42,6 +46,7 @@ TRAIN_FLAGS = (
         "Folder for checkpoints, metrics and config.gin; also bound to the gin "
         "macro MODEL_DIR.",
     ),
+    *distributed.DISTRIBUTED_FLAGS,
 )
 
 
@@ -89,6 +94,7 @@ def _run_train(
             "llmos train needs --model_dir, the folder for checkpoints and metrics, "
             f"e.g. {TRAIN_EXAMPLE}"
         )
+    settings = distributed.distributed_settings(flags)  # Checked before anything is parsed.
     flag_bindings, flag_sources = flags.gin_bindings()
     bindings = [f"MODEL_DIR = {model_dir!r}", *flag_bindings]
     sources = ["--model_dir", *flag_sources]
@@ -102,9 +108,12 @@ def _run_train(
         binding_sources=sources,
         configurable_modules=configurable_modules,
     )
+    # Before the trainer touches a device: every host joins, then all train together.
+    distributed.initialize(settings)
     if train_fn is None:
         train_fn = importlib.import_module("llmos_jax.training.trainer").train
     train_fn(model_dir=model_dir)
+    distributed.shutdown(settings)
     return 0
 
 

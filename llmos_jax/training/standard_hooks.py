@@ -24,6 +24,7 @@ import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 
 from llmos_jax.checkpoints.checkpointer import Checkpointer
 from llmos_jax.data.vocabulary_files import TaskVocabularies
@@ -207,6 +208,8 @@ class PreviewSamples:
         if not context.finished:
             return
         self.samples = self._sample(context.state.params)
+        if jax.process_index() != 0:  # Every host samples (the params span them); one prints.
+            return
         print(f"\n--- samples after {context.step} steps (temperature {self._temperature}, "
               f"top-k {self._top_k}) ---")
         for prompt, text in zip(self._prompts, self.samples):
@@ -215,7 +218,10 @@ class PreviewSamples:
             self._writer.write_text(context.step, "samples", prompt + text)
 
     def _sample(self, params) -> list[str]:
-        host_params = jax.device_get(params)
+        if jax.process_count() > 1:
+            host_params = multihost_utils.process_allgather(params, tiled=True)
+        else:
+            host_params = jax.device_get(params)
         engine = DecodingEngine(self._spec.merge(host_params), host_params)  # one for all prompts
         vocabulary, texts = self._vocabulary, []
         for index, prompt in enumerate(self._prompts):

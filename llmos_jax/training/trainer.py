@@ -198,10 +198,11 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
     eval_step = jit_eval_step(make_eval_step(spec, objective), shardings.params, batch_ranks,
                               layout)
 
-    (model_path / "config.gin").write_text(gin.operative_config_str())
+    is_chief = jax.process_index() == 0
+    if is_chief:  # Every host parsed the same gin; one writes it.
+        (model_path / "config.gin").write_text(gin.operative_config_str())
     flops_per_token, peak = _flops_per_token(objective, config.model_config,
                                              config.longest_sequence)
-    is_chief = jax.process_index() == 0
     end_step = (config.num_steps if config.stop_after_steps is None
                 else min(config.num_steps, start_step + config.stop_after_steps))
 
@@ -233,7 +234,7 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
                                   new_tokens=config.sample_new_tokens,
                                   temperature=config.sample_temperature,
                                   top_k=config.sample_top_k, seed=config.seed)
-                   if is_chief and objective.generates_text and config.sample_prompts else None)
+                   if objective.generates_text and config.sample_prompts else None)
         standard = [
             DivergenceGuard(logged, checkpointer), logger, heldout, task_hook,
             Checkpointing(Schedule(every=config.checkpoint_every, on_stop=True), checkpointer,
