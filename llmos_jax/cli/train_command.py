@@ -42,6 +42,13 @@ TRAIN_FLAGS = (
         "Folder for checkpoints, metrics and config.gin; also bound to the gin "
         "macro MODEL_DIR.",
     ),
+    Flag(
+        "track",
+        "BOOL",
+        "Log the run to MLflow ($MLFLOW_TRACKING_URI, else the embedded store in "
+        "$LLMOS_HOME); same as --gin.train.track=True.",
+        switch=True,
+    ),
 )
 
 
@@ -102,9 +109,13 @@ def _run_train(
         binding_sources=sources,
         configurable_modules=configurable_modules,
     )
+    from llmos_jax.cli import model_uris, run_tracking
+
+    model_uris.resolve_init_from()  # train.init_from = 'models:/NAME@ALIAS'
+    hooks = run_tracking.tracking_hooks(model_dir, track_flag=flags.boolean("track"))
     if train_fn is None:
         train_fn = importlib.import_module("llmos_jax.training.trainer").train
-    train_fn(model_dir=model_dir)
+    train_fn(model_dir=model_dir, **({"hooks": hooks} if hooks else {}))
     return 0
 
 
