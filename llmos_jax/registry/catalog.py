@@ -44,7 +44,7 @@ def latest_version(store: Store, name: str) -> ModelUri:
 
 def lineage(store: Store, version: Any) -> list[Any]:
     """The version, its parent, the parent's parent...: oldest last."""
-    chain, seen = [version], {(version.name, version.version)}
+    chain, seen = [version], {(version.name, str(version.version))}
     while (parent := chain[-1].tags.get(f"{TAG}parent")) and len(chain) < _MAX_LINEAGE:
         name, _, number = parent.partition("/")
         if (name, number) in seen:
@@ -61,7 +61,7 @@ def show_version(store: Store, uri: ModelUri, *, with_config: bool = False) -> s
     """A version's facts, lineage chain and eval results (and its gin config if asked)."""
     version = get_version(store, uri, flag="NAME")
     model = store.client.get_registered_model(uri.name)
-    aliases = sorted(a for a, v in (model.aliases or {}).items() if v == version.version)
+    aliases = sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(version.version))
     created = datetime.datetime.fromtimestamp(version.creation_timestamp / 1000,
                                               tz=datetime.timezone.utc)
     tags = version.tags
@@ -111,6 +111,7 @@ def set_alias(store: Store, name: str, version: str, alias: str) -> str:
                         "'latest' are reserved by MLflow).")
     get_version(store, ModelUri(name=name, version=version), flag="VERSION")
     before = dict(store.client.get_registered_model(name).aliases or {}).get(alias)
+    before = None if before is None else str(before)
     store.client.set_registered_model_alias(name, alias, version)
     moved = f"from version {before}" if before else "new"
     return f"models:/{name}@{alias} -> version {version} ({moved})"

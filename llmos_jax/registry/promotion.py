@@ -100,4 +100,5 @@ def promote(store: Store, name: str, candidate: str, alias: str, *, metric: str,
 
 
 def _alias_target(store: Store, name: str, alias: str) -> str | None:
-    return dict(store.client.get_registered_model(name).aliases or {}).get(alias)
+    target = dict(store.client.get_registered_model(name).aliases or {}).get(alias)
+    return None if target is None else str(target)

@@ -204,7 +204,7 @@ def register_export(store: Store, name: str, model_dir: str | os.PathLike, *,
     except MlflowException as error:
         raise UserError(f"could not register {run_dir} as {name!r} in {store.tracking_uri}: "
                         f"{error.message[:300]}. Nothing in {run_dir} was changed.") from None
-    log.info("registered %s as models:/%s/%s (parent %s)", export, name, version.version,
+    log.info("registered %s as models:/%s/%s (parent %s)", export, name, str(version.version),
              parent or "none")
     return version
 
@@ -263,7 +263,7 @@ def get_version(store: Store, uri: ModelUri, *, flag: str = "--model") -> Any:
             raise UserError(f"{flag}={str(uri)!r}: {uri.name!r} has no alias {uri.alias!r}."
                             f"{did_you_mean(uri.alias, aliases)} Its aliases: {listed}. Set "
                             f"one with: llmos models alias {uri.name} VERSION {uri.alias}")
-        return client.get_model_version(uri.name, aliases[uri.alias])
+        return client.get_model_version(uri.name, str(aliases[uri.alias]))
     try:
         return client.get_model_version(uri.name, uri.version)
     except MlflowException:
@@ -284,11 +284,11 @@ def fetch_version(store: Store, uri: ModelUri, *, flag: str = "--model") -> Fetc
         store; files that fail their checksums.
     """
     version = get_version(store, uri, flag=flag)
-    target = store.cache_dir / uri.name / version.version / EXPORT_ARTIFACT
-    described = f"{flag}={str(uri)!r} (version {version.version})"
+    target = store.cache_dir / uri.name / str(version.version) / EXPORT_ARTIFACT
+    described = f"{flag}={str(uri)!r} (version {str(version.version)})"
     if target.is_dir() and has_manifest(target) and check_manifest(target) is None:
-        return FetchedVersion(uri.name, version.version, target, dict(version.tags))
-    partial = target.parent.with_name(f".{version.version}.partial-{os.getpid()}")
+        return FetchedVersion(uri.name, str(version.version), target, dict(version.tags))
+    partial = target.parent.with_name(f".{str(version.version)}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
@@ -304,7 +304,7 @@ def fetch_version(store: Store, uri: ModelUri, *, flag: str = "--model") -> Fetc
         os.replace(downloaded, target)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
-    return FetchedVersion(uri.name, version.version, target, dict(version.tags))
+    return FetchedVersion(uri.name, str(version.version), target, dict(version.tags))
 
 
 def _download(store: Store, source: str, into: pathlib.Path, described: str) -> pathlib.Path:
