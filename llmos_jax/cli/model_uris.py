@@ -48,6 +48,16 @@ def run_source(flags: ParsedFlags, *, command: str, example: str
     return checkpoint, gin_files, fetched
 
 
+def train_bindings() -> dict[str, Any]:
+    """The parsed `train.NAME` bindings (empty when the trainer's config is not registered)."""
+    import gin
+
+    try:
+        return dict(gin.get_bindings("llmos_jax.training.trainer.train"))
+    except (ValueError, KeyError):
+        return {}
+
+
 def resolve_init_from() -> str | None:
     """Points a `models:/` warm start at the version's verified copy; returns the URI.
 
@@ -58,9 +68,7 @@ def resolve_init_from() -> str | None:
     """
     import gin
 
-    from llmos_jax.training.train_config import TrainConfig
-
-    short = gin.get_bindings(TrainConfig.gin_selector()).get("init_from")
+    short = train_bindings().get("init_from")
     try:
         long = gin.query_parameter("InitFrom.checkpoint")
     except ValueError:

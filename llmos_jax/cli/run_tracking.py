@@ -31,15 +31,16 @@ def code_version() -> str:
 
 def tracking_hooks(model_dir: str, *, track_flag: bool) -> list[Any]:
     """The MLflow hook when tracking is asked for (else none). Gin must be parsed."""
+    from llmos_jax.cli.model_uris import train_bindings
+
+    bindings = train_bindings()
+    register_as = bindings.get("register_as")
+    if not (track_flag or bindings.get("track") or register_as):
+        return []
     import gin
     import jax
 
     from llmos_jax.training.train_config import TrainConfig
-
-    bindings = gin.get_bindings(TrainConfig.gin_selector())
-    register_as = bindings.get("register_as")
-    if not (track_flag or bindings.get("track") or register_as):
-        return []
     from llmos_jax.registry.store import bound_http_retries, import_mlflow, open_store
     from llmos_jax.registry.tracking import MlflowTracking, gin_params
 

@@ -137,9 +137,11 @@ def parent_from_warm_start(store: Store, model_dir: pathlib.Path) -> str | None:
     return f"{name}/{version}" if version.isdigit() else None
 
 
-def _tracked_run_id(model_dir: pathlib.Path) -> str | None:
+def _tracked_run_id(store: Store, model_dir: pathlib.Path) -> str | None:
+    """The run that tracked `model_dir`, if it was tracked in this store."""
     path = model_dir / RUN_ID_FILE
-    return json.loads(path.read_text()).get("run_id") if path.exists() else None
+    state = json.loads(path.read_text()) if path.exists() else {}
+    return state.get("run_id") if state.get("tracking_uri") == store.tracking_uri else None
 
 
 def register_export(store: Store, name: str, model_dir: str | os.PathLike, *,
@@ -183,7 +185,7 @@ def register_export(store: Store, name: str, model_dir: str | os.PathLike, *,
         **{key: repr(value) for key, value in latest_eval_results(run_dir).items()},
         **dict(extra_tags or {}),
     }
-    run_id = run_id or _tracked_run_id(run_dir)
+    run_id = run_id or _tracked_run_id(store, run_dir)
     if run_id is None:
         run = store.client.create_run(store.experiment_id, run_name=f"register {name}",
                                       tags={f"{TAG}kind": "registration"})
