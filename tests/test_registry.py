@@ -214,7 +214,11 @@ def test_serve_follows_the_alias_under_load_and_keeps_serving_past_a_broken_vers
     def client_loop(base_url):
         with httpx.Client(base_url=base_url, timeout=120) as http:
             while not stop.is_set():
-                response = http.post("/v1/completions", json=body)
+                try:
+                    response = http.post("/v1/completions", json=body)
+                except httpx.HTTPError as error:
+                    results.append((-1, repr(error)))
+                    continue
                 results.append((response.status_code, response.json()["choices"][0]["logprobs"]
                                 ["token_logprobs"] if response.status_code == 200
                                 else response.text))

@@ -179,7 +179,7 @@ def _registered(model_uri: str, flags: ParsedFlags, load):
                         f"version. Use --model=models:/{uri.name}@champion (or another alias).")
 
     def target() -> str:
-        return get_version(store, uri, flag="--model").version
+        return str(get_version(store, uri, flag="--model").version)
 
     def load_version(version: str) -> ServedModel:
         fetched = fetch_version(store, ModelUri(name=uri.name, version=version), flag="--model")

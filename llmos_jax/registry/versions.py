@@ -303,7 +303,11 @@ def fetch_version(store: Store, uri: ModelUri, *, flag: str = "--model") -> Fetc
         target.parent.mkdir(parents=True, exist_ok=True)
         _download_config(store, version.source, target.parent)
         shutil.rmtree(target, ignore_errors=True)
-        os.replace(downloaded, target)
+        try:
+            os.replace(downloaded, target)
+        except OSError:  # Another process put a copy there first; it is checked below.
+            if not (has_manifest(target) and check_manifest(target) is None):
+                raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return FetchedVersion(uri.name, str(version.version), target, dict(version.tags))

@@ -141,7 +141,7 @@ class ModelFollower:
     def poll_once(self) -> None:
         """One check: switch if the target moved (and loads), else nothing."""
         try:
-            wanted = self._target()
+            wanted = str(self._target())
         except Exception as error:  # The registry is unreachable: keep serving.
             log.warning("could not read the version to serve (%s); keeping version %s", error,
                         self._live.current().version)
@@ -155,8 +155,15 @@ class ModelFollower:
         except Exception as error:
             self._failed = wanted
             self._live.failed_switches += 1
-            log.error("version %s failed to load (%s: %s); still serving version %s", wanted,
-                      type(error).__name__, str(error)[:300], self._live.current().version)
+            current = self._live.current().version
+            if "RESOURCE_EXHAUSTED" in str(error) or "out of memory" in str(error).lower():
+                log.error("version %s does not fit in device memory beside version %s, which "
+                          "serves until the switch; still serving version %s. Serve it on a "
+                          "fresh server (or with fewer --max-slots / a shorter --max-context).",
+                          wanted, current, current)
+            else:
+                log.error("version %s failed to load (%s: %s); still serving version %s",
+                          wanted, type(error).__name__, str(error)[:300], current)
             return
         self._failed = None
         self._live.switch(engine, served, wanted)
