@@ -89,7 +89,9 @@ def _sent_lines(model_dir: pathlib.Path) -> int:
         return 0
 
 
-def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_path):
+def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))  # the download cache
     corpus = write_corpus(tmp_path / "corpus.txt")
     model_dir = tmp_path / "run"
     child = _train(model_dir, corpus, server, tmp_path / "home", steps=16)

@@ -94,11 +94,15 @@ class MlflowTracking:
     # -- TrainHook ----------------------------------------------------------------------
 
     def on_step(self, context: StepContext) -> None:
+        if not _is_chief():
+            return
         if self._thread is None:
             self._start()
         self._wake.set()
 
     def on_end(self, context: StepContext) -> None:
+        if not _is_chief():
+            return
         if self._thread is None:
             self._start()
         self._stop.set()
@@ -266,6 +270,13 @@ class MlflowTracking:
             log.warning("MLflow: could not finish run %s (%s: %s); the run's files are intact "
                         "in %s", self.run_id, type(error).__name__, str(error)[:300],
                         self._model_dir)
+
+
+def _is_chief() -> bool:
+    """Only the first host tracks (the others' metrics.jsonl writers are off too)."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def _metrics_of(line: str) -> list[tuple[str, float, int, int]]:
