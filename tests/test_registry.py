@@ -261,3 +261,11 @@ def test_serve_follows_the_alias_under_load_and_keeps_serving_past_a_broken_vers
     assert all(answer == pytest.approx(later[0], abs=1e-4) for answer in later)  # version 2
     assert max(abs(a - b) for a, b in zip(later[0], first)) > 1e-3  # which is not version 1
     assert 'llmos_model_switches_total{model_name="tiny"} 1.0' in metrics
+
+
+def test_the_registry_reads_the_export_layout_checkpoints_writes():
+    from llmos_jax.checkpoints import exports
+    from llmos_jax.registry import versions
+
+    assert (versions.PARAMS_DIRNAME, versions.META_FILENAME) == (exports.PARAMS_DIRNAME,
+                                                                 exports.META_FILENAME)

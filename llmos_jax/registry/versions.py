@@ -26,10 +26,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from llmos_jax.checkpoints.exports import META_FILENAME, PARAMS_DIRNAME
 from llmos_jax.checkpoints.manifest import check_manifest, has_manifest
 from llmos_jax.errors import UserError, did_you_mean
-from llmos_jax.monitoring.metrics_history import read_metrics
 from llmos_jax.registry.model_uri import ModelUri
 from llmos_jax.registry.store import Store
 
@@ -42,6 +40,10 @@ CONFIG_ARTIFACT = "config.gin"
 RUN_ID_FILE = "mlflow_run.json"  # model_dir: the tracked run's id (kept across resumes)
 WARM_START_FILE = "warm_start.json"
 _LOCKED_RETRIES = 20
+# The export layout (`checkpoints.exports`, whose module loads Orbax and JAX: imported only
+# where arrays are read, so `llmos models list|show|alias` stay quick).
+PARAMS_DIRNAME = "params"
+META_FILENAME = "meta.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +113,8 @@ def latest_eval_results(model_dir: pathlib.Path) -> dict[str, float]:
     """The newest held-out metrics of a run (`metrics.jsonl`, split `eval`), as `eval.*` tags."""
     if not (model_dir / "metrics.jsonl").exists():
         return {}
+    from llmos_jax.monitoring.metrics_history import read_metrics
+
     records = read_metrics(model_dir, split="eval")
     if not records:
         return {}
