@@ -34,7 +34,7 @@ def runs(tmp_path_factory):
     assert cli(*train_args(run_a, corpus_a, "--track", "--gin.train.register_as='tiny'")) == 0
     assert cli("models", "alias", "tiny", "1", "champion") == 0
     assert cli(*train_args(run_b, corpus_b, "--gin.train.init_from='models:/tiny@champion'",
-                           "--gin.train.register_as='tiny'")) == 0
+                           "--gin.train.register_as='tiny'", "--gin.train.sample_prompts=[]")) == 0
     yield {"root": root, "a": run_a, "b": run_b, "corpus_a": corpus_a, "corpus_b": corpus_b,
            "store": open_store()}
     for key, value in saved.items():
