@@ -172,6 +172,7 @@ def test_promote_refuses_when_the_alias_moved_meanwhile(runs):
     assert str(store.client.get_registered_model("tiny").aliases["staging"]) == "3"
 
 
+@pytest.mark.slow
 def test_concurrent_registrations_both_land(runs):
     import subprocess
     import sys

@@ -89,6 +89,7 @@ def _sent_lines(model_dir: pathlib.Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_path,
                                                                     monkeypatch):
     monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))  # the download cache
