@@ -21,7 +21,8 @@ import logging
 import pathlib
 
 from llmos_jax.cli.flags import Command, Flag, ParsedFlags
-from llmos_jax.cli.shared_flags import required, run_flags, run_gin_files
+from llmos_jax.cli.model_uris import run_source
+from llmos_jax.cli.shared_flags import run_flags
 
 log = logging.getLogger("llmos_jax.eval")
 
@@ -56,19 +57,47 @@ def eval_command() -> Command:
 
 
 def run_eval(flags: ParsedFlags) -> int:
-    """Parses gin, restores the checkpoint, evaluates, prints and writes the results."""
-    checkpoint = required(flags, "checkpoint", command="eval", example=EVAL_EXAMPLE)
-    gin_files = run_gin_files(flags, command="eval", example=EVAL_EXAMPLE)
+    """Parses gin, restores the checkpoint, evaluates, prints and writes the results.
+
+    On a `models:/` URI the results are also recorded on that version.
+    """
+    checkpoint, gin_files, fetched = run_source(flags, command="eval", example=EVAL_EXAMPLE)
+    bindings, sources = flags.gin_bindings()
+    step, split, results, output_dir = evaluate_checkpoint(
+        checkpoint, gin_files, bindings, sources, search_paths=flags.all("gin_search_path"),
+        task=flags.one("task"), split=flags.one("split"),
+        batch_size=flags.positive_int("batch_size", 32),
+        max_examples=flags.positive_int("max_examples", None),
+        output_dir=flags.one("output_dir"))
+    print(json.dumps({"step": step, "split": split, "results": results}, indent=2,
+                     sort_keys=True))
+    print(f"results written to {output_dir / 'eval_results'} and {output_dir / 'tensorboard'}")
+    if fetched is not None:
+        from llmos_jax.registry.store import open_store
+        from llmos_jax.registry.versions import record_eval
+
+        record_eval(open_store(), fetched.name, fetched.version, results)
+        print(f"results recorded on {fetched.uri}")
+    return 0
+
+
+def evaluate_checkpoint(checkpoint: str, gin_files: list[str], bindings: list[str],
+                        sources: list[str], *, search_paths: list[str] = (),
+                        task: str | None = None, split: str | None = None, batch_size: int = 32,
+                        max_examples: int | None = None, output_dir: str | None = None):
+    """Evaluates one checkpoint; returns (step, split, results by task, output folder).
+
+    Parses gin afresh, so one process may evaluate several runs in turn
+    (`llmos models promote`).
+    """
+    import gin
 
     from llmos_jax.cli import run_loading as model_loading
 
+    gin.clear_config()
     location = model_loading.find_checkpoint(checkpoint)
-    bindings, sources = flags.gin_bindings()
     model_loading.parse_run_gin(gin_files, bindings, model_dir=location.model_dir,
-                                search_paths=flags.all("gin_search_path"),
-                                binding_sources=sources)
-    batch_size = flags.positive_int("batch_size", 32)
-    max_examples = flags.positive_int("max_examples", None)
+                                search_paths=search_paths, binding_sources=sources)
 
     import jax
 
@@ -76,25 +105,22 @@ def run_eval(flags: ParsedFlags) -> int:
     from llmos_jax.evaluation.objective_predictors import (feature_lengths, mesh_batch_size,
                                                            model_functions)
 
-    split = flags.one("split") or model_loading.train_settings()["eval_split"]
+    split = split or model_loading.train_settings()["eval_split"]
     loaded = model_loading.load_for_inference(
-        gin_files, checkpoint=checkpoint, task_name=flags.one("task"), split=split,
+        gin_files, checkpoint=checkpoint, task_name=task, split=split,
         devices=jax.devices(), parse=False, location=location)
     batch_size = mesh_batch_size(batch_size, loaded.mesh)
-    task = loaded.first_task
-    lengths = feature_lengths(loaded.settings["sequence_length"], task)
+    provider = loaded.first_task
+    lengths = feature_lengths(loaded.settings["sequence_length"], provider)
     functions = model_functions(
-        loaded.objective, loaded.model, loaded.params, provider=task, lengths=lengths,
+        loaded.objective, loaded.model, loaded.params, provider=provider, lengths=lengths,
         batch_size=batch_size,
         decode_config=model_loading.decode_config_from_gin(loaded.vocabularies.outputs))
 
-    output_dir = pathlib.Path(flags.one("output_dir") or location.model_dir)
+    output_path = pathlib.Path(output_dir or location.model_dir)
     log.info("evaluating %s (step %d) on %s/%s", location.path, location.step,
              loaded.task_name, split)
-    results = evaluate(loaded.task_name, split, **functions, output_dir=output_dir,
+    results = evaluate(loaded.task_name, split, **functions, output_dir=output_path,
                        step=location.step, batch_size=batch_size, sequence_length=lengths,
                        max_examples=max_examples)
-    print(json.dumps({"step": location.step, "split": split, "results": results}, indent=2,
-                     sort_keys=True))
-    print(f"results written to {output_dir / 'eval_results'} and {output_dir / 'tensorboard'}")
-    return 0
+    return location.step, split, results, output_path

@@ -27,6 +27,7 @@ class Flag:
     metavar: str
     help: str
     repeatable: bool = False
+    switch: bool = False  # Given bare (`--lower-is-better`) it means true.
 
     @property
     def is_prefix(self) -> bool:
@@ -57,6 +58,7 @@ class ParsedFlags:
     values: tuple[FlagValue, ...] = ()
     help_requested: bool = False
     trailing: tuple[str, ...] = ()  # What followed `--`, for commands that take it.
+    positional: tuple[str, ...] = ()  # Arguments that are not flags (`Command.positionals`).
 
     def all(self, name: str) -> list[str]:
         return [v.value for v in self.values if v.flag.name == name]
@@ -123,6 +125,7 @@ class Command:
     example: str
     run: Callable[[ParsedFlags], int]
     trailing: str = ""  # Set (its help) when the command takes arguments after `--`.
+    positionals: tuple[str, ...] = ()  # Names of the arguments it takes before or among flags.
 
     def help_text(self) -> str:
         width = max(len(flag.usage) for flag in self.flags) + 4
@@ -151,6 +154,7 @@ def parse_flags(command: Command, args: Sequence[str]) -> ParsedFlags:
         with the nearest known flag and the way to list them.
     """
     values: list[FlagValue] = []
+    positional: list[str] = []
     position = 0
     while position < len(args):
         arg = args[position]
@@ -158,7 +162,11 @@ def parse_flags(command: Command, args: Sequence[str]) -> ParsedFlags:
         if arg in HELP_ARGS:
             return ParsedFlags(help_requested=True)
         if arg == "--" and command.trailing:
-            return ParsedFlags(tuple(values), trailing=tuple(args[position:]))
+            return ParsedFlags(tuple(values), trailing=tuple(args[position:]),
+                               positional=tuple(positional))
+        if not arg.startswith("-") and len(positional) < len(command.positionals):
+            positional.append(arg)
+            continue
         if not arg.startswith("-"):
             raise UserError(
                 f"unexpected argument '{arg}' for 'llmos {command.name}': every input "
@@ -178,7 +186,9 @@ def parse_flags(command: Command, args: Sequence[str]) -> ParsedFlags:
                 f"flag '--{flag.name}' needs a gin binding name after the dot, "
                 f"e.g. --{flag.name}train.num_steps=20"
             )
-        if not has_value:
+        if not has_value and flag.switch:
+            value = "true"
+        elif not has_value:
             if position >= len(args) or args[position].startswith("--"):
                 raise UserError(f"flag --{name} needs a value, e.g. --{name}={flag.metavar}")
             value = args[position]
@@ -186,7 +196,7 @@ def parse_flags(command: Command, args: Sequence[str]) -> ParsedFlags:
         if not flag.repeatable and any(v.flag is flag for v in values):
             raise UserError(f"flag --{flag.name} was given more than once; give it once")
         values.append(FlagValue(flag, key, value))
-    return ParsedFlags(tuple(values))
+    return ParsedFlags(tuple(values), positional=tuple(positional))
 
 
 def _find_flag(command: Command, name: str) -> Flag | None:

@@ -17,7 +17,8 @@ import time
 from typing import Any
 
 from llmos_jax.cli.flags import Command, Flag, ParsedFlags
-from llmos_jax.cli.shared_flags import required, run_flags, run_gin_files
+from llmos_jax.cli.model_uris import run_source
+from llmos_jax.cli.shared_flags import required, run_flags
 from llmos_jax.errors import UserError
 
 log = logging.getLogger("llmos_jax.infer")
@@ -72,9 +73,7 @@ def _barrier(process_count: int):
 def run_infer(flags: ParsedFlags) -> int:
     """Loads the model, reads the requests, decodes this host's chunks, merges on the chief."""
     started = time.perf_counter()
-    gin_files = run_gin_files(flags, command="infer", example=INFER_EXAMPLE)
-    checkpoint = required(flags, "checkpoint", command="infer", example=INFER_EXAMPLE,
-                          what="the run's model_dir or export folder")
+    checkpoint, gin_files, _ = run_source(flags, command="infer", example=INFER_EXAMPLE)
     output = required(flags, "output", command="infer", example=INFER_EXAMPLE,
                       what="the JSONL file to write")
     input_path, task = flags.one("input"), flags.one("task")

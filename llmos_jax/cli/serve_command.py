@@ -14,6 +14,7 @@ import pathlib
 
 from llmos_jax.cli.flags import Command, Flag, ParsedFlags
 from llmos_jax.errors import UserError
+from llmos_jax.registry.model_uri import is_model_uri
 
 log = logging.getLogger("llmos_jax.serving")
 
@@ -25,7 +26,13 @@ def serve_command() -> Command:
     """Builds the `llmos serve` command."""
     flags = (
         Flag("model", "PATH", "An export folder (model_dir/export or model_dir/best), a run's "
-             "model_dir, or a Hugging Face model folder (config.json, weights, tokenizer.json)."),
+             "model_dir, a Hugging Face model folder (config.json, weights, tokenizer.json), "
+             "or a registered version: models:/NAME@ALIAS or models:/NAME/VERSION."),
+        Flag("follow-alias", "BOOL", "With --model=models:/NAME@ALIAS: when the alias moves, "
+             "load and compile the new version in the background, then switch new requests to "
+             "it (running ones finish on the old one). A version that fails to load leaves the "
+             "old one serving.", switch=True),
+        Flag("poll-interval", "SECONDS", "How often --follow-alias reads the alias (default 10)."),
         Flag("host", "ADDR", "Address to listen on (default 127.0.0.1: this machine only; "
              "0.0.0.0 to accept connections from other machines)."),
         Flag("port", "N", "TCP port (default 8000)."),
@@ -58,7 +65,7 @@ def serve_command() -> Command:
     )
     # `--api-key` and `--cors-origin` may repeat.
     flags = tuple(Flag(f.name, f.metavar, f.help, repeatable=f.name in (
-        "api-key", "cors-origin")) for f in flags)
+        "api-key", "cors-origin"), switch=f.switch) for f in flags)
     return Command(
         name="serve",
         summary="Serve a trained model over an OpenAI-compatible HTTP API.",
@@ -113,6 +120,7 @@ def run_serve(flags: ParsedFlags) -> int:
 
     from llmos_jax.serving.api import ApiOptions
     from llmos_jax.serving.model_source import load_served_model
+    from llmos_jax.serving.served_model import ServedModel
     from llmos_jax.serving.server import EngineOptions, serve
 
     try:
@@ -129,16 +137,56 @@ def run_serve(flags: ParsedFlags) -> int:
         max_context=flags.positive_int("max-context", None),
         prefill_chunk=flags.positive_int("prefill-chunk", 64))
     logging.getLogger("llmos_jax").setLevel(level.upper())
-    served = load_served_model(model_path, name=flags.one("served-model-name"),
-                               chat_template_file=flags.one("chat-template"),
-                               tensor_parallel=flags.positive_int("tensor-parallel", 1),
-                               max_context=engine_options.max_context)
-    log.info("serving %r from %s on http://%s:%d (%d slots, context %d)", served.name,
-             served.source, host, port, engine_options.max_slots,
-             engine_options.max_context or served.max_context)
+
+    def load(path: str, name: str | None) -> ServedModel:
+        return load_served_model(path, name=flags.one("served-model-name") or name,
+                                 chat_template_file=flags.one("chat-template"),
+                                 tensor_parallel=flags.positive_int("tensor-parallel", 1),
+                                 max_context=engine_options.max_context)
+
+    version, follow = None, None
+    if is_model_uri(model_path):
+        served, version, follow = _registered(model_path, flags, load)
+    else:
+        if flags.boolean("follow-alias"):
+            raise UserError("--follow-alias needs --model=models:/NAME@ALIAS (a registered "
+                            f"model's alias), not a folder; got --model={model_path!r}.")
+        served = load(model_path, None)
+    log.info("serving %r%s from %s on http://%s:%d (%d slots, context %d)", served.name,
+             f" version {version}" if version else "", served.source, host, port,
+             engine_options.max_slots, engine_options.max_context or served.max_context)
     serve(served, engine_options=engine_options, api_options=api_options, host=host, port=port,
-          shutdown_grace=flags.positive_float("shutdown-grace", 30.0), log_level=level)
+          shutdown_grace=flags.positive_float("shutdown-grace", 30.0), log_level=level,
+          version=version, follow=follow)
     return 0
+
+
+def _registered(model_uri: str, flags: ParsedFlags, load):
+    """(model, version, follow settings or None) for `--model=models:/...`."""
+    from llmos_jax.registry.model_uri import ModelUri, parse_model_uri
+    from llmos_jax.registry.store import open_store
+    from llmos_jax.registry.versions import fetch_version, get_version
+    from llmos_jax.serving.live_model import Follow
+
+    uri = parse_model_uri(model_uri, flag="--model")
+    store = open_store()
+    fetched = fetch_version(store, uri, flag="--model")
+    served = load(str(fetched.path), uri.name)
+    if not flags.boolean("follow-alias"):
+        return served, fetched.version, None
+    if uri.alias is None:
+        raise UserError(f"--follow-alias follows an alias; --model={model_uri!r} names a fixed "
+                        f"version. Use --model=models:/{uri.name}@champion (or another alias).")
+
+    def target() -> str:
+        return str(get_version(store, uri, flag="--model").version)
+
+    def load_version(version: str) -> ServedModel:
+        fetched = fetch_version(store, ModelUri(name=uri.name, version=version), flag="--model")
+        return load(str(fetched.path), uri.name)
+
+    interval = flags.positive_float("poll-interval", 10.0)
+    return served, fetched.version, Follow(target, load_version, interval)
 
 
 def _queue_bound(flags: ParsedFlags) -> int:

@@ -33,7 +33,8 @@ CHECKPOINT = Flag(
     "DIR",
     "A run's model_dir (its newest checkpoint that verifies; damaged newer ones are "
     "skipped with a warning), its checkpoints/ folder, one step (checkpoints/<step>), or a "
-    "params-only export folder (model_dir/export, model_dir/best).",
+    "params-only export folder (model_dir/export, model_dir/best), or a registered version, "
+    "models:/NAME@ALIAS or models:/NAME/VERSION (its config.gin stands in for --gin_file).",
 )
 
 

@@ -47,6 +47,13 @@ TRAIN_FLAGS = (
         "macro MODEL_DIR.",
     ),
     *distributed.DISTRIBUTED_FLAGS,
+    Flag(
+        "track",
+        "BOOL",
+        "Log the run to MLflow ($MLFLOW_TRACKING_URI, else the embedded store in "
+        "$LLMOS_HOME); same as --gin.train.track=True.",
+        switch=True,
+    ),
 )
 
 
@@ -110,9 +117,13 @@ def _run_train(
     )
     # Before the trainer touches a device: every host joins, then all train together.
     distributed.initialize(settings)
+    from llmos_jax.cli import model_uris, run_tracking
+
+    model_uris.resolve_init_from()  # train.init_from = 'models:/NAME@ALIAS'
+    hooks = run_tracking.tracking_hooks(model_dir, track_flag=flags.boolean("track"))
     if train_fn is None:
         train_fn = importlib.import_module("llmos_jax.training.trainer").train
-    train_fn(model_dir=model_dir)
+    train_fn(model_dir=model_dir, **({"hooks": hooks} if hooks else {}))
     distributed.shutdown(settings)
     return 0
 

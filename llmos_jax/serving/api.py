@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from llmos_jax.errors import UserError
 from llmos_jax.serving.engine import ServingEngine
 from llmos_jax.serving.http_guard import HttpGuard, request_info
+from llmos_jax.serving.live_model import Deployment, Lease, LiveModel
 from llmos_jax.serving.metrics import ServingMetrics
 from llmos_jax.serving.openai_protocol import (
     ChatCompletionRequest,
@@ -116,14 +117,20 @@ def _validation_error(err: RequestValidationError) -> JSONResponse:
 
 
 def create_app(engine: ServingEngine, served: ServedModel,
-               options: ApiOptions = ApiOptions()) -> FastAPI:
-    """The FastAPI app serving `served` through `engine` (which the caller starts)."""
+               options: ApiOptions = ApiOptions(), live: LiveModel | None = None) -> FastAPI:
+    """The FastAPI app serving `served` through `engine` (which the caller starts).
+
+    With `live`, requests go to its current deployment (which a `ModelFollower`
+    may switch while serving); `engine` and `served` are its first.
+    """
     app = FastAPI(title="llmos serve", version=SERVER_VERSION, docs_url=None, redoc_url=None)
-    metrics = ServingMetrics(engine.stats, served.name)
+    live_model = live or LiveModel(engine, served)
+    metrics = ServingMetrics(lambda: live_model.current().engine.stats(), served.name,
+                             switches=lambda: (live_model.switches, live_model.failed_switches))
     app.state.engine, app.state.served, app.state.metrics = engine, served, metrics
+    app.state.live = live_model
     app.state.draining = False
     app.state.options = options
-    tokenizer = served.tokenizer
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_request, err):
@@ -167,11 +174,12 @@ def create_app(engine: ServingEngine, served: ServedModel,
 
     @app.get("/health/ready")
     async def ready():
-        stats = engine.stats()
+        current = live_model.current()
+        stats = current.engine.stats()
         if stats.ready and not app.state.draining:
-            return {"status": "ready", "model": served.name}
+            return {"status": "ready", "model": current.served.name}
         state = "draining" if (app.state.draining or stats.draining) else "warming up"
-        return JSONResponse({"status": state, "model": served.name}, status_code=503)
+        return JSONResponse({"status": state, "model": current.served.name}, status_code=503)
 
     @app.get("/metrics")
     async def prometheus_metrics():
@@ -192,17 +200,20 @@ def create_app(engine: ServingEngine, served: ServedModel,
 
     @app.get("/v1/models")
     async def models():
+        current = live_model.current()
+        served = current.served
         return {"object": "list", "data": [{
             "id": served.name, "object": "model", "created": created, "owned_by": "llmos",
-            "root": served.source or served.name, "max_model_len": served.max_context}]}
+            "root": served.source or served.name, "max_model_len": served.max_context,
+            **({"version": current.version} if current.version is not None else {})}]}
 
-    def check_model(name: str | None) -> None:
+    def check_model(name: str | None, served: ServedModel) -> None:
         if name is not None and name != served.name:
             raise _ApiError(400, f"model {name!r} is not served here; this server serves "
                             f"{served.name!r} (GET /v1/models)", param="model",
                             code="model_not_found")
 
-    def chat_prompt(body_messages) -> str:
+    def chat_prompt(body_messages, served: ServedModel) -> str:
         messages = [{"role": m.role, "content": m.text(),
                      **({"name": m.name} if m.name else {})} for m in body_messages]
         try:
@@ -212,22 +223,25 @@ def create_app(engine: ServingEngine, served: ServedModel,
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):
-        check_model(body.model)
+        served = live_model.current().served
+        check_model(body.model, served)
         if (body.prompt is None) == (body.messages is None):
             raise InvalidSetting("prompt", "send exactly one of prompt and messages")
         if body.prompt is not None:
             ids = served.encode_prompt(body.prompt)
         else:
-            ids = served.encode_prompt(chat_prompt(body.messages), add_special_tokens=False)
+            ids = served.encode_prompt(chat_prompt(body.messages, served),
+                                       add_special_tokens=False)
         return {"tokens": ids, "count": len(ids), "max_model_len": served.max_context}
 
     @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest):
-        check_model(body.model)
-        check_token_ids(body.tokens, "tokens")
-        return {"prompt": tokenizer.decode(body.tokens)}
+        current = live_model.current()
+        check_model(body.model, current.served)
+        check_token_ids(body.tokens, "tokens", current.engine)
+        return {"prompt": current.served.tokenizer.decode(body.tokens)}
 
-    def check_token_ids(ids, field: str) -> None:
+    def check_token_ids(ids, field: str, engine: ServingEngine) -> None:
         for t in ids:
             if not 0 <= t < engine.vocab_size:
                 raise InvalidSetting(field, f"token id {t} is outside the vocabulary "
@@ -235,8 +249,8 @@ def create_app(engine: ServingEngine, served: ServedModel,
 
     # -- generation ---------------------------------------------------------------------
 
-    def settings_for(body, *, max_tokens: int | None, logprobs: int | None
-                     ) -> list[SamplingSettings]:
+    def settings_for(body, served: ServedModel, *, max_tokens: int | None,
+                     logprobs: int | None) -> list[SamplingSettings]:
         if max_tokens is None:
             max_tokens = served.max_context  # up to the context (finish_reason "length")
         seed = body.seed
@@ -246,30 +260,48 @@ def create_app(engine: ServingEngine, served: ServedModel,
                               seed=None if seed is None else seed + j) for j in range(body.n)]
 
     async def start_run(request: Request, prompts: list[list[int]],
-                        settings: list[SamplingSettings]) -> RequestRun:
+                        settings: list[SamplingSettings], deployment: Deployment) -> RequestRun:
         arrival = time.monotonic()
         deadline = (arrival + options.request_timeout if options.request_timeout else None)
         info = request_info(request.scope)
-        run = RequestRun(engine, metrics, tokenizer, run_id=secrets.token_hex(8),
+        run = RequestRun(deployment.engine, metrics, deployment.served.tokenizer,
+                         run_id=secrets.token_hex(8),
                          arrival=arrival, deadline=deadline)
         run.submit(prompts, settings)
         info["prompt_tokens"] = run.prompt_tokens
         return run
 
+    async def leased(handler, body, request: Request):
+        """Runs a generation handler on the current deployment, held to the response's end."""
+        lease = live_model.lease()
+        try:
+            return await handler(body, request, lease)
+        finally:
+            if not getattr(request.state, "lease_kept", False):  # A stream releases at its end.
+                lease.release()
+
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        check_model(body.model)
+        return await leased(completion_response, body, request)
+
+    async def completion_response(body: CompletionRequest, request: Request, lease: Lease):
+        deployment = lease.deployment
+        served, engine = deployment.served, deployment.engine
+        check_model(body.model, served)
         body.check_supported(engine.max_slots)
-        prompts, texts = completion_prompts(body.prompt)
+        prompts, texts = completion_prompts(body.prompt, deployment)
         if options.log_prompts:
             request_info(request.scope)["prompt"] = texts[0] if len(texts) == 1 else texts
-        settings = settings_for(body, max_tokens=body.max_tokens, logprobs=body.logprobs)
-        run = await start_run(request, prompts, settings)
+        settings = settings_for(body, served, max_tokens=body.max_tokens,
+                                logprobs=body.logprobs)
+        run = await start_run(request, prompts, settings, deployment)
         echo = [t if body.echo else "" for t in texts]
-        shape = _CompletionShape(run.run_id, served.name, echo, tokenizer, body.logprobs)
-        return await respond(request, run, shape, body.stream, body.include_usage)
+        shape = _CompletionShape(run.run_id, served.name, echo, served.tokenizer, body.logprobs)
+        return await respond(request, run, shape, body.stream, body.include_usage, lease)
 
-    def completion_prompts(prompt) -> tuple[list[list[int]], list[str]]:
+    def completion_prompts(prompt, deployment: Deployment
+                           ) -> tuple[list[list[int]], list[str]]:
+        served = deployment.served
         if isinstance(prompt, str):
             prompt = [prompt]
         if not prompt:
@@ -282,30 +314,37 @@ def create_app(engine: ServingEngine, served: ServedModel,
                 ids.append(served.encode_prompt(item))
                 texts.append(item)
             else:
-                check_token_ids(item, "prompt")
+                check_token_ids(item, "prompt", deployment.engine)
                 ids.append(list(item))
-                texts.append(tokenizer.decode(item))
+                texts.append(served.tokenizer.decode(item))
         return ids, texts
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        check_model(body.model)
-        body.check_supported(engine.max_slots)
-        text = chat_prompt(body.messages)
+        return await leased(chat_response, body, request)
+
+    async def chat_response(body: ChatCompletionRequest, request: Request, lease: Lease):
+        deployment = lease.deployment
+        served = deployment.served
+        check_model(body.model, served)
+        body.check_supported(deployment.engine.max_slots)
+        text = chat_prompt(body.messages, served)
         if options.log_prompts:
             request_info(request.scope)["prompt"] = text
-        settings = settings_for(body, max_tokens=body.max_completion_tokens or body.max_tokens,
+        settings = settings_for(body, served,
+                                max_tokens=body.max_completion_tokens or body.max_tokens,
                                 logprobs=body.logprob_count())
         prompt_ids = served.encode_prompt(text, add_special_tokens=False)  # the template has them
-        run = await start_run(request, [prompt_ids], settings)
-        shape = _ChatShape(run.run_id, served.name, tokenizer, body.logprobs)
-        return await respond(request, run, shape, body.stream, body.include_usage)
+        run = await start_run(request, [prompt_ids], settings, deployment)
+        shape = _ChatShape(run.run_id, served.name, served.tokenizer, body.logprobs)
+        return await respond(request, run, shape, body.stream, body.include_usage, lease)
 
     async def respond(request: Request, run: RequestRun, shape, stream: bool,
-                      include_usage: bool):
+                      include_usage: bool, lease: Lease):
         info = request_info(request.scope)
         if stream:
-            return StreamingResponse(stream_events(run, shape, include_usage, info),
+            request.state.lease_kept = True  # Released when the stream ends.
+            return StreamingResponse(stream_events(run, shape, include_usage, info, lease),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
@@ -323,7 +362,7 @@ def create_app(engine: ServingEngine, served: ServedModel,
         return JSONResponse(shape.response(run))
 
     async def stream_events(run: RequestRun, shape, include_usage: bool,
-                            info: dict) -> AsyncIterator[str]:
+                            info: dict, lease: Lease) -> AsyncIterator[str]:
         try:
             for chunk in shape.opening(run):
                 yield _sse(chunk)
@@ -343,6 +382,7 @@ def create_app(engine: ServingEngine, served: ServedModel,
         finally:
             run.abort_unfinished()  # the client left (or the stream failed): free the slots
             note_usage(info, run)
+            lease.release()
 
     def note_usage(info: dict, run: RequestRun) -> None:
         info["completion_tokens"] = run.completion_tokens

@@ -29,8 +29,9 @@ _REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
 class _EngineCollector(Collector):
     """Engine state gauges and the compilation counter, read at scrape time."""
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str):
-        self._stats, self._model = stats, model_name
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str,
+                 switches: Callable[[], tuple[int, int]] | None = None):
+        self._stats, self._model, self._switches = stats, model_name, switches
 
     def collect(self):
         stats = self._stats()
@@ -50,6 +51,16 @@ class _EngineCollector(Collector):
             labels=labels)
         counter.add_metric([self._model], stats.compilations)
         yield counter
+        if self._switches is not None:
+            switched, failed = self._switches()
+            for name, doc, value in (
+                    ("llmos_model_switches", "Times a new version took over (--follow-alias).",
+                     switched),
+                    ("llmos_model_switch_failures", "New versions that failed to load or "
+                     "compile; the old one kept serving.", failed)):
+                counter = CounterMetricFamily(name, doc, labels=labels)
+                counter.add_metric([self._model], value)
+                yield counter
 
 
 class ServingMetrics:
@@ -58,9 +69,11 @@ class ServingMetrics:
     Args:
       stats: Returns the engine's current `EngineStats`.
       model_name: The `model_name` label on every metric.
+      switches: Returns (version switches, failed switches) of a live model.
     """
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str):
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str,
+                 switches: Callable[[], tuple[int, int]] | None = None):
         self.registry = CollectorRegistry()
         self.model_name = model_name
         labels = ["model_name"]
@@ -90,7 +103,7 @@ class ServingMetrics:
         self._rejected = Counter("llmos_request_rejected",
                                  "Requests refused before admission, by reason.",
                                  [*labels, "reason"], registry=self.registry)
-        self.registry.register(_EngineCollector(stats, model_name))
+        self.registry.register(_EngineCollector(stats, model_name, switches))
 
     def request_finished(self, reason: str) -> None:
         self._success.labels(self.model_name, reason).inc()

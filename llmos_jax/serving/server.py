@@ -22,6 +22,7 @@ import uvicorn
 
 from llmos_jax.serving.api import ApiOptions, create_app
 from llmos_jax.serving.engine import ServingEngine
+from llmos_jax.serving.live_model import Follow, LiveModel, ModelFollower
 from llmos_jax.serving.served_model import ServedModel
 
 log = logging.getLogger("llmos_jax.serving")
@@ -60,9 +61,10 @@ def build_engine(served: ServedModel, options: EngineOptions = EngineOptions()
 class DrainingServer(uvicorn.Server):
     """uvicorn, whose first exit signal drains the engine before the server stops."""
 
-    def __init__(self, config: uvicorn.Config, engine: ServingEngine, app, grace: float):
+    def __init__(self, config: uvicorn.Config, live: LiveModel, app, grace: float):
         super().__init__(config)
-        self._engine, self._app, self._grace = engine, app, grace
+        self.live, self._app, self._grace = live, app, grace
+        self.follower: ModelFollower | None = None
         self._draining = False
 
     def handle_exit(self, sig, frame) -> None:
@@ -80,16 +82,20 @@ class DrainingServer(uvicorn.Server):
         log.info("draining: not ready; waiting up to %.0f s for running requests", self._grace)
 
         def drain():
-            finished = self._engine.drain(self._grace)
+            if self.follower is not None:
+                self.follower.stop()
+            engine = self.live.current().engine
+            finished = engine.drain(self._grace)
             if not finished:
                 log.warning("grace period over: aborting the requests still running")
-            self._engine.shutdown()
+            engine.shutdown()
             self.should_exit = True
 
         threading.Thread(target=drain, name="llmos-drain", daemon=True).start()
 
 
-def _warm_up(engine: ServingEngine, server: uvicorn.Server) -> None:
+def _warm_up(engine: ServingEngine, server: DrainingServer,
+             follower: ModelFollower | None = None) -> None:
     started = time.perf_counter()
     try:
         engine.start()
@@ -99,30 +105,49 @@ def _warm_up(engine: ServingEngine, server: uvicorn.Server) -> None:
         return
     log.info("ready: %d programs compiled in %.1f s", engine.stats().compilations,
              time.perf_counter() - started)
+    if follower is not None:
+        server.follower = follower.start()
 
 
 def _server(served: ServedModel, engine_options: EngineOptions, api_options: ApiOptions,
-            host: str, port: int, shutdown_grace: float, log_level: str
-            ) -> tuple[DrainingServer, ServingEngine]:
+            host: str, port: int, shutdown_grace: float, log_level: str,
+            version: str | None = None, follow: Follow | None = None
+            ) -> tuple[DrainingServer, ServingEngine, ModelFollower | None]:
     engine = build_engine(served, engine_options)
-    app = create_app(engine, served, api_options)
+    live = LiveModel(engine, served, version)
+    app = create_app(engine, served, api_options, live=live)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=5, lifespan="off")
-    return DrainingServer(config, engine, app, shutdown_grace), engine
+    follower = None
+    if follow is not None:
+        def load(wanted: str) -> tuple[ServingEngine, ServedModel]:
+            model = follow.load(wanted)
+            return build_engine(model, engine_options), model
+
+        follower = ModelFollower(live, follow.target, load, follow.interval)
+    return DrainingServer(config, live, app, shutdown_grace), engine, follower
 
 
 def serve(served: ServedModel, *, engine_options: EngineOptions = EngineOptions(),
           api_options: ApiOptions = ApiOptions(), host: str = "127.0.0.1", port: int = 8000,
-          shutdown_grace: float = 30.0, log_level: str = "info") -> None:
-    """Serves until SIGTERM/SIGINT (blocks). Ready once every shape has compiled."""
-    server, engine = _server(served, engine_options, api_options, host, port, shutdown_grace,
-                             log_level)
-    threading.Thread(target=_warm_up, args=(engine, server), name="llmos-warm-up",
+          shutdown_grace: float = 30.0, log_level: str = "info", version: str | None = None,
+          follow: Follow | None = None) -> None:
+    """Serves until SIGTERM/SIGINT (blocks). Ready once every shape has compiled.
+
+    Args:
+      version: The label `/v1/models` shows for `served` (a registered version).
+      follow: Switch to the version `follow.target()` names whenever it changes.
+    """
+    server, engine, follower = _server(served, engine_options, api_options, host, port,
+                                       shutdown_grace, log_level, version, follow)
+    threading.Thread(target=_warm_up, args=(engine, server, follower), name="llmos-warm-up",
                      daemon=True).start()
     try:
         server.run()
     finally:
-        engine.shutdown()
+        if server.follower is not None:
+            server.follower.stop()
+        server.live.shutdown()
 
 
 def free_port() -> int:
@@ -136,14 +161,15 @@ def free_port() -> int:
 def background_server(served: ServedModel, *, engine_options: EngineOptions = EngineOptions(),
                       api_options: ApiOptions = ApiOptions(), port: int | None = None,
                       shutdown_grace: float = 5.0, wait_ready: bool = True,
-                      log_level: str = "warning") -> Iterator[DrainingServer]:
+                      log_level: str = "warning", version: str | None = None,
+                      follow: Follow | None = None) -> Iterator[DrainingServer]:
     """Serves on 127.0.0.1 from a thread; yields the server (`.base_url`, `.engine`).
 
     Leaving the block drains and stops it. With `wait_ready`, waits for warm-up.
     """
     port = port or free_port()
-    server, engine = _server(served, engine_options, api_options, "127.0.0.1", port,
-                             shutdown_grace, log_level)
+    server, engine, follower = _server(served, engine_options, api_options, "127.0.0.1", port,
+                                       shutdown_grace, log_level, version, follow)
     server.base_url = f"http://127.0.0.1:{port}"
     server.engine = engine
     thread = threading.Thread(target=server.run, name="llmos-uvicorn", daemon=True)
@@ -152,8 +178,8 @@ def background_server(served: ServedModel, *, engine_options: EngineOptions = En
         if not thread.is_alive():
             raise RuntimeError(f"the server on port {port} did not start")
         time.sleep(0.02)
-    warm = threading.Thread(target=_warm_up, args=(engine, server), name="llmos-warm-up",
-                            daemon=True)
+    warm = threading.Thread(target=_warm_up, args=(engine, server, follower),
+                            name="llmos-warm-up", daemon=True)
     warm.start()
     if wait_ready:
         warm.join()
@@ -164,4 +190,4 @@ def background_server(served: ServedModel, *, engine_options: EngineOptions = En
     finally:
         server.begin_drain()
         thread.join(timeout=shutdown_grace + 30)
-        engine.shutdown()
+        server.live.shutdown()

@@ -86,6 +86,10 @@ class TrainConfig:
       progress_bar: Show a progress bar on stderr.
       hooks: Extra `TrainHook`s subscribed to the loop after the built-in ones
         (logging, evaluation, checkpointing), e.g. to report to a tracker.
+      track: Log the run to MLflow (`llmos train` installs the registry's
+        tracking hook; same as `--track`). The trainer itself ignores it.
+      register_as: Register the export as a new version of this model when
+        training finishes (implies `track`; installed by `llmos train`).
     """
 
     model_config: TransformerConfig | None = None
@@ -119,6 +123,8 @@ class TrainConfig:
     stop_after_steps: int | None = None
     progress_bar: bool = True
     hooks: Sequence[TrainHook] = ()
+    track: bool = False
+    register_as: str | None = None
 
     def __post_init__(self) -> None:
         # Gin gives lists and dicts; keep immutable, canonical values.
