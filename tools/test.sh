@@ -5,8 +5,16 @@ set -euo pipefail
 source "$(dirname "$0")/venv.sh" all,test,reference
 "$(dirname "$0")/browser.sh"  # headless chromium for the playground test
 cd "$REPO_ROOT"
+# Two workers by default (LLMOS_TEST_WORKERS=0 runs in one process): most tests are
+# bound by XLA compilation, which is single-threaded. A file's tests stay on one
+# worker, so module-scoped fixtures (trained runs, servers) are built once.
+WORKERS="${LLMOS_TEST_WORKERS:-2}"
+PARALLEL=()
+if [ "$WORKERS" != "0" ]; then
+  PARALLEL=(-n "$WORKERS" --dist loadfile)
+fi
 set +e
-python -m pytest tests "$@"
+python -m pytest tests "${PARALLEL[@]}" "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then
