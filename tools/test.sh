@@ -4,6 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/venv.sh" all,test,reference
 "$(dirname "$0")/browser.sh"  # headless chromium for the playground test
+"$(dirname "$0")/promtool.sh"  # promtool for the Prometheus rule tests
 cd "$REPO_ROOT"
 set +e
 python -m pytest tests "$@"

@@ -42,6 +42,13 @@ TRAIN_FLAGS = (
         "Folder for checkpoints, metrics and config.gin; also bound to the gin "
         "macro MODEL_DIR.",
     ),
+    Flag(
+        "metrics_port",
+        "PORT",
+        "Serve llmos_train_* metrics for Prometheus at http://127.0.0.1:PORT/metrics "
+        "(0: any free port); the same as --gin.train.metrics_port=PORT.",
+    ),
+    Flag("log_format", "FORMAT", "text (default) or json: one JSON object per log line."),
 )
 
 
@@ -89,9 +96,17 @@ def _run_train(
             "llmos train needs --model_dir, the folder for checkpoints and metrics, "
             f"e.g. {TRAIN_EXAMPLE}"
         )
+    _set_log_format(flags.one("log_format"))
     flag_bindings, flag_sources = flags.gin_bindings()
     bindings = [f"MODEL_DIR = {model_dir!r}", *flag_bindings]
     sources = ["--model_dir", *flag_sources]
+    metrics_port = flags.one("metrics_port")
+    if metrics_port is not None:
+        if not metrics_port.isdigit():
+            raise UserError(f"--metrics_port={metrics_port!r} must be a port number (0 picks a "
+                            "free one).")
+        bindings.append(f"train.metrics_port = {int(metrics_port)}")
+        sources.append("--metrics_port")
     gin_config = _import_gin_config()
     if configurable_modules is None:
         configurable_modules = gin_config.CONFIGURABLE_MODULES
@@ -106,6 +121,17 @@ def _run_train(
         train_fn = importlib.import_module("llmos_jax.training.trainer").train
     train_fn(model_dir=model_dir)
     return 0
+
+
+def _set_log_format(log_format: str | None) -> None:
+    """`--log_format=json` switches every log line to JSON (`monitoring.json_logs`)."""
+    if log_format in (None, "text"):
+        return
+    if log_format != "json":
+        raise UserError(f"--log_format={log_format} is not one of text, json.")
+    from llmos_jax.monitoring.json_logs import use_json_logs
+
+    use_json_logs()
 
 
 def _import_gin_config() -> Any:

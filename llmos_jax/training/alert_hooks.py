@@ -28,16 +28,18 @@ import statistics
 import sys
 import threading
 import time
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from llmos_jax.monitoring.alert_delivery import Alert, AlertDispatcher
 from llmos_jax.monitoring.flops import mfu
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
-from llmos_jax.monitoring.train_exporter import TrainMetricsExporter
 from llmos_jax.training.alert_rules import (EXIT_CODE_STALLED, Alerting, EvalRegression,
                                             GradNormSpike, LossSpike, NonFinite, StallWatchdog,
                                             ThroughputDrop)
 from llmos_jax.training.hooks import Schedule, StepContext
+
+if TYPE_CHECKING:  # prometheus_client is only needed with train.metrics_port
+    from llmos_jax.monitoring.train_exporter import TrainMetricsExporter
 
 log = logging.getLogger("llmos_jax.alerts")
 STALL_STACKS_FILENAME = "stall_stacks.txt"

@@ -16,7 +16,6 @@ from typing import Callable, Mapping
 
 from llmos_jax.monitoring.alert_delivery import AlertDispatcher, WebhookSender
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
-from llmos_jax.monitoring.train_exporter import TrainMetricsExporter
 from llmos_jax.training.alert_hooks import EvalRegressionAlerts, MetricAlerts, StallWatchdogHook
 from llmos_jax.training.alert_rules import (EXIT_CODE_ALERT_STOP, EXIT_CODE_STALLED, Alerting,
                                             EvalRegression, StallWatchdog)
@@ -48,7 +47,10 @@ class RunMonitoring:
         self.alerting = alerting
         self.stopped_by: str | None = None
         self._request_stop = request_stop
-        self.exporter = None if metrics_port is None else TrainMetricsExporter(metrics_port)
+        self.exporter = None
+        if metrics_port is not None:
+            from llmos_jax.monitoring.train_exporter import TrainMetricsExporter  # prometheus_client
+            self.exporter = TrainMetricsExporter(metrics_port)
         if self.exporter is not None:
             log.info("training metrics for Prometheus at http://%s:%d/metrics",
                      self.exporter.host, self.exporter.port)
