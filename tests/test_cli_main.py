@@ -255,7 +255,7 @@ def test_python_dash_m_error_is_one_line_without_traceback():
     assert result.returncode == 2
     assert result.stderr == (
         "llmos: error: unknown command 'trian'. Did you mean 'train'? Commands: train, "
-        "eval, infer, serve, tasks list, vocab train, vocab chars.\n"
+        "eval, infer, serve, report, tasks list, vocab train, vocab chars.\n"
     )
 
 

@@ -119,8 +119,8 @@ class MetricAlerts:
         skipped = " (update skipped)" if rule.skips_update else ""
         self._fire(rule, Alert(
             rule.name, step, f"{new} {kind.signal} spike(s) since the last log{skipped}; the "
-            f"latest is {z:.1f} standard deviations above the mean of the last {rule.window} "
-            f"steps", z, rule.sigmas,
+            f"latest is {z:.1f} standard deviations above the rolling mean (window of "
+            f"{rule.window} steps)", z, rule.sigmas,
             details={"spikes_total": int(host[key]),
                      "skipped_updates": int(host.get("skipped_updates", 0))}))
 

@@ -118,9 +118,9 @@ class ThroughputDrop:
 
     fraction: float = 0.5
     window: int = 50
-    min_history: int = 10
+    min_history: int = 20
     warmup_intervals: int = 2
-    sustained: int = 3
+    sustained: int = 5
     cooldown_steps: int = 500
     actions: Sequence[str] = _DEFAULT_ACTIONS
     name = "throughput_drop"

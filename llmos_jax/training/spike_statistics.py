@@ -112,13 +112,15 @@ class GuardedTrainStep:
 
     def __init__(self, train_step: Callable, rules: Sequence[SpikeRule],
                  state_shardings: TrainState, batch_shardings, layout: Layout):
-        stats = initial_statistics(rules)
-        stat_shardings = jax.tree.map(lambda _: layout.replicated, stats)
+        stat_shardings = jax.tree.map(lambda _: layout.replicated,
+                                      jax.eval_shape(lambda: initial_statistics(rules)))
         self._step = jax.jit(guard_step(train_step, rules),
                              in_shardings=(state_shardings, batch_shardings, stat_shardings),
                              out_shardings=(state_shardings, layout.replicated, stat_shardings),
                              donate_argnums=(0, 2))
-        self.statistics = jax.device_put(stats, stat_shardings)
+        # Made by a jitted function, so every host of a multi-host run holds its part.
+        self.statistics = jax.jit(lambda: initial_statistics(rules),
+                                  out_shardings=stat_shardings)()
 
     def __call__(self, state: TrainState, batch):
         state, metrics, self.statistics = self._step(state, batch, self.statistics)
