@@ -85,10 +85,15 @@ def _plot(title: str, curves, runs: Sequence[RunData]) -> tuple[str, list[int]] 
     if not drawn:
         return None
     marked = sorted({int(alert["step"]) for run in runs for alert in run.alerts})
-    for step in marked:
-        axes.axvline(step, color="red", linestyle=":", linewidth=1.2)
+    for index, run in enumerate(runs):
+        color = "red" if len(runs) == 1 else f"C{index}"
+        for step, rules in sorted(_alerts_by_step(run).items()):
+            axes.axvline(step, color=color, linestyle=":", linewidth=1.2)
+            axes.annotate(", ".join(rules), xy=(step, 0.98), xycoords=("data", "axes fraction"),
+                          rotation=90, fontsize=7, va="top", ha="right", color=color)
     if marked:
-        axes.plot([], [], color="red", linestyle=":", label="alert")
+        axes.plot([], [], color="red" if len(runs) == 1 else "gray", linestyle=":",
+                  label="alert")
     axes.set_title(title)
     axes.set_xlabel("step")
     axes.grid(alpha=0.3)
@@ -97,6 +102,15 @@ def _plot(title: str, curves, runs: Sequence[RunData]) -> tuple[str, list[int]] 
     buffer = io.BytesIO()
     FigureCanvasAgg(figure).print_png(buffer)
     return base64.b64encode(buffer.getvalue()).decode(), marked
+
+
+def _alerts_by_step(run: RunData) -> dict[int, list[str]]:
+    by_step: dict[int, list[str]] = {}
+    for alert in run.alerts:
+        rules = by_step.setdefault(int(alert["step"]), [])
+        if alert["rule"] not in rules:
+            rules.append(alert["rule"])
+    return by_step
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:

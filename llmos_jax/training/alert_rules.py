@@ -140,7 +140,8 @@ class StallWatchdog:
     thread's stack (`faulthandler`) to the log and to
     `<model_dir>/stall_stacks.txt`. With "stop" it asks the loop to save and
     stop; if no step finishes within `stop_grace_seconds` the process exits
-    with `EXIT_CODE_STALLED` without saving.
+    with `EXIT_CODE_STALLED` without saving. `min_seconds` must exceed the
+    longest pause between steps that is not a stall (an evaluation, a save).
     """
 
     multiple: float = 10.0
