@@ -150,11 +150,14 @@ class MetricAlerts:
 
 
 class EvalRegressionAlerts:
-    """Fires when a new value of the rule's metric is worse than the best so far."""
+    """Fires when a new value of the rule's metric is worse than the best so far.
+
+    With no rule it only passes the held-out loss to the Prometheus endpoint.
+    """
 
     schedule = Schedule(every=1)
 
-    def __init__(self, rule: EvalRegression, dispatcher: AlertDispatcher,
+    def __init__(self, rule: EvalRegression | None, dispatcher: AlertDispatcher,
                  eval_metrics: Callable[[], Mapping[str, float]],
                  request_stop: Callable[[str, int], None],
                  exporter: TrainMetricsExporter | None = None):
@@ -171,7 +174,7 @@ class EvalRegressionAlerts:
         if self._exporter is not None and "eval/loss" in metrics:
             self._exporter.update({"eval_loss": metrics["eval/loss"]})
         rule = self._rule
-        value = metrics.get(rule.metric)
+        value = None if rule is None else metrics.get(rule.metric)
         if value is None or not math.isfinite(value):
             return
         sign = 1.0 if rule.mode == "min" else -1.0

@@ -80,7 +80,7 @@ class RunMonitoring:
         regression = rules.rule(EvalRegression)
         if regression is not None or self.exporter is not None:
             self.last_hooks.append(EvalRegressionAlerts(
-                regression or EvalRegression(actions=()), self.dispatcher, eval_metrics,
+                regression, self.dispatcher, eval_metrics,
                 self._stop, exporter=self.exporter))
 
     def _stop(self, rule: str, step: int) -> None:
