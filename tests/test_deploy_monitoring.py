@@ -21,6 +21,7 @@ import pytest
 import yaml
 from serving_api_helpers import tiny_served_model
 
+from llmos_jax.errors import UserError
 from llmos_jax.monitoring.train_exporter import TrainMetricsExporter
 from llmos_jax.serving.server import EngineOptions, background_server
 
@@ -119,6 +120,16 @@ def test_training_endpoint_serves_base_units(training_page):
     assert float(values["llmos_train_loss_spikes_total"]) == 1
     assert float(values['llmos_train_alerts_total{rule="loss_spike"}']) == 1
     assert float(values["llmos_train_eval_loss"]) == 2.6
+
+
+def test_training_endpoint_on_a_busy_port_names_the_flag():
+    first = TrainMetricsExporter(0)
+    try:
+        assert first.host == "127.0.0.1"
+        with pytest.raises(UserError, match=f"--metrics_port={first.port}: cannot listen"):
+            TrainMetricsExporter(first.port)
+    finally:
+        first.close()
 
 
 def test_every_metric_in_rules_and_dashboards_is_exported(serving_page, training_page):

@@ -143,11 +143,12 @@ class WebhookSender:
 
     def close(self) -> None:
         """Waits up to one timeout for queued alerts, then leaves the thread behind."""
+        deadline = time.monotonic() + self.timeout_s
         try:
             self._queue.put(None, timeout=self.timeout_s)
         except queue.Full:
             return
-        self._thread.join(self.timeout_s)
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
 
 
 class AlertDispatcher:

@@ -89,7 +89,8 @@ class TrainMetricsExporter:
                                                            registry=self.registry)
         except OSError as error:
             raise UserError(f"--metrics_port={port}: cannot listen on {host}:{port} ({error}); "
-                            "choose a free port (0 picks one).") from error
+                            "choose a free port (0 picks one) or fix train.metrics_host.") \
+                from error
         self.host, self.port = host, self._server.server_port
 
     def update(self, scalars: Mapping[str, float], *, step: int | None = None) -> None:

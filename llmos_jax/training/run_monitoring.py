@@ -29,8 +29,9 @@ class RunMonitoring:
 
     Args:
       alerting: The rules and webhook (None: no rule; the endpoint may still run).
-      metrics_port: Serve Prometheus metrics on 127.0.0.1 at this port (0: any
-        free one); None: no endpoint.
+      metrics_port: Serve Prometheus metrics at this port (0: any free one);
+        None: no endpoint.
+      metrics_host: The address the endpoint binds.
       model_dir: Where `alerts.jsonl` and stall stacks go (None on hosts other
         than the first: they alert nowhere but still stop when told).
       writer: Alert scalars go to its `alerts` split.
@@ -40,6 +41,7 @@ class RunMonitoring:
     """
 
     def __init__(self, alerting: Alerting | None, *, metrics_port: int | None,
+                 metrics_host: str = "127.0.0.1",
                  model_dir: pathlib.Path | None, writer: MetricsWriter, logged: Schedule,
                  request_stop: Callable[[], None],
                  eval_metrics: Callable[[], Mapping[str, float]],
@@ -50,7 +52,7 @@ class RunMonitoring:
         self.exporter = None
         if metrics_port is not None:
             from llmos_jax.monitoring.train_exporter import TrainMetricsExporter  # prometheus_client
-            self.exporter = TrainMetricsExporter(metrics_port)
+            self.exporter = TrainMetricsExporter(metrics_port, metrics_host)
         if self.exporter is not None:
             log.info("training metrics for Prometheus at http://%s:%d/metrics",
                      self.exporter.host, self.exporter.port)

@@ -91,7 +91,9 @@ class TrainConfig:
         every rule, to the log and `alerts.jsonl`); None: no alert rule (a
         non-finite loss still stops the run).
       metrics_port: Serve `llmos_train_*` metrics for Prometheus on
-        127.0.0.1 at this port (0: any free port); None: no endpoint.
+        `metrics_host` at this port (0: any free port); None: no endpoint.
+      metrics_host: The address the endpoint binds: 127.0.0.1 (this machine
+        only) unless a Prometheus elsewhere scrapes it (e.g. 0.0.0.0).
     """
 
     model_config: TransformerConfig | None = None
@@ -127,6 +129,7 @@ class TrainConfig:
     hooks: Sequence[TrainHook] = ()
     alerting: Alerting | None = dataclasses.field(default_factory=Alerting)
     metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         # Gin gives lists and dicts; keep immutable, canonical values.

@@ -240,6 +240,7 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
                    if is_chief and objective.generates_text and config.sample_prompts else None)
         monitoring = cleanup.enter_context(RunMonitoring(
             config.alerting, metrics_port=config.metrics_port if is_chief else None,
+            metrics_host=config.metrics_host,
             model_dir=model_path if is_chief else None, writer=writer, logged=logged,
             request_stop=lambda: setattr(stop, "requested", True),
             eval_metrics=lambda: _export_metrics(heldout, task_eval),
