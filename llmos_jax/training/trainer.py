@@ -242,7 +242,7 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
             config.alerting, metrics_port=config.metrics_port if is_chief else None,
             metrics_host=config.metrics_host,
             model_dir=model_path if is_chief else None, writer=writer, logged=logged,
-            request_stop=lambda: setattr(stop, "requested", True),
+            request_stop=lambda: stop.request("an alert rule stopped the run"),
             eval_metrics=lambda: _export_metrics(heldout, task_eval),
             flops_per_token=flops_per_token, peak_flops=peak))
         standard = [
@@ -308,7 +308,7 @@ def _loop(train_step, state: TrainState, fetch, start_step: int, end_step: int,
                               stopping=stop.requested, throughput=throughput)
         run_due(hooks, context)
         if context.stopping:
-            log.warning("stop requested (SIGTERM or an alert rule): saved step %d, exiting", step)
+            log.warning("%s: saved step %d, exiting", stop.reason, step)
             break
     return context
 
