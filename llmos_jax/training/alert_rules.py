@@ -8,6 +8,12 @@ step, see `spike_statistics`) and "stop" (save a checkpoint at the next step,
 then exit with `EXIT_CODE_ALERT_STOP`; the stall watchdog exits with
 `EXIT_CODE_STALLED`).
 
+Rules on the step's metrics (non-finite, spikes, evaluation) decide alike
+on every host of a multi-host run. Throughput and stalls are timed on each
+host, so there "stop" may stop one host's loop only: keep those two rules to
+alerting on multi-host runs (a stalled host then exits after
+`stop_grace_seconds`, which ends the job for its scheduler to restart).
+
 `Alerting` holds the rules and where alerts go; bind it as
 `train.alerting = @Alerting()` (the default has every rule below with
 "log" and "file"). A non-finite loss or norm always stops the run (the
