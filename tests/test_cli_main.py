@@ -255,9 +255,8 @@ def test_python_dash_m_error_is_one_line_without_traceback():
     assert result.returncode == 2
     assert result.stderr == (
         "llmos: error: unknown command 'trian'. Did you mean 'train'? Commands: train, "
-        "eval, infer, serve, launch, tasks list, vocab train, vocab chars, models list, "
-        "models show, "
-        "models alias, models compare, models register, models promote.\n"
+        "eval, infer, serve, launch, report, tasks list, vocab train, vocab chars, models list, "
+        "models show, models alias, models compare, models register, models promote.\n"
     )
 
 

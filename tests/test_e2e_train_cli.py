@@ -174,6 +174,16 @@ def test_loss_drops_and_every_step_is_logged_with_all_metrics(base):
     assert rates[0] < rates[1] < rates[2] and rates[2] > rates[-1] > 0, rates
 
 
+def test_a_normal_run_raises_no_alert(base):
+    """The default rules (alert_rules.Alerting) watch it, compile, eval and saves included."""
+    assert not (base.model_dir / "alerts.jsonl").exists(), (base.model_dir / "alerts.jsonl")\
+        .read_text()
+    assert "ALERT" not in base.stderr
+    train = train_records(read_metrics(base.model_dir))
+    assert {r["loss_spikes"] for r in train.values()} == {0.0}  # counted inside the step
+    assert {r["grad_norm_spikes"] for r in train.values()} == {0.0}
+
+
 def test_eval_records_every_eval_every_steps(base):
     records = read_metrics(base.model_dir)
     evals = {r["step"]: r for r in records if r["split"] == "eval"}

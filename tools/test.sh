@@ -4,6 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/venv.sh" all,test,reference
 "$(dirname "$0")/browser.sh"  # headless chromium for the playground test
+"$(dirname "$0")/promtool.sh"  # promtool for the Prometheus rule tests
 cd "$REPO_ROOT"
 # Two workers by default (LLMOS_TEST_WORKERS=0 runs in one process): most tests are
 # bound by XLA compilation, which is single-threaded. A file's tests stay on one

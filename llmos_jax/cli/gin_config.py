@@ -36,6 +36,7 @@ CONFIGURABLE_MODULES: tuple[str, ...] = (
     "llmos_jax.data.example_batches",
     "llmos_jax.training.schedules",
     "llmos_jax.training.trainer",
+    "llmos_jax.training.fault_injection",
 )
 # Packages that only the seqio task modules need. A host without them (a GPU
 # image with no TensorFlow) still trains from split snapshots

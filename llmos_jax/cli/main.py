@@ -23,14 +23,15 @@ from llmos_jax.cli.flags import HELP_ARGS, Command, parse_flags
 from llmos_jax.cli.infer_command import infer_command
 from llmos_jax.cli.launch_command import launch_command
 from llmos_jax.cli.models_command import models_commands
+from llmos_jax.cli.report_command import report_command
 from llmos_jax.cli.serve_command import serve_command
 from llmos_jax.cli.train_command import TRAIN_EXAMPLE, train_command
 from llmos_jax.errors import UserError, did_you_mean
 
 COMMANDS: dict[str, Command] = {"train": train_command(), "eval": eval_command(),
                                 "infer": infer_command(), "serve": serve_command(),
-                                "launch": launch_command(), **data_commands(),
-                                **models_commands()}
+                                "launch": launch_command(), "report": report_command(),
+                                **data_commands(), **models_commands()}
 
 
 def main_help(commands: Mapping[str, Command]) -> str:

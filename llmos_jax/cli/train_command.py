@@ -54,6 +54,13 @@ TRAIN_FLAGS = (
         "$LLMOS_HOME); same as --gin.train.track=True.",
         switch=True,
     ),
+    Flag(
+        "metrics_port",
+        "PORT",
+        "Serve llmos_train_* metrics for Prometheus at http://127.0.0.1:PORT/metrics "
+        "(0: any free port); the same as --gin.train.metrics_port=PORT.",
+    ),
+    Flag("log_format", "FORMAT", "text (default) or json: one JSON object per log line."),
 )
 
 
@@ -102,9 +109,17 @@ def _run_train(
             f"e.g. {TRAIN_EXAMPLE}"
         )
     settings = distributed.distributed_settings(flags)  # Checked before anything is parsed.
+    _set_log_format(flags.one("log_format"))
     flag_bindings, flag_sources = flags.gin_bindings()
     bindings = [f"MODEL_DIR = {model_dir!r}", *flag_bindings]
     sources = ["--model_dir", *flag_sources]
+    metrics_port = flags.one("metrics_port")
+    if metrics_port is not None:
+        if not metrics_port.isdigit():
+            raise UserError(f"--metrics_port={metrics_port!r} must be a port number (0 picks a "
+                            "free one).")
+        bindings.append(f"train.metrics_port = {int(metrics_port)}")
+        sources.append("--metrics_port")
     gin_config = _import_gin_config()
     if configurable_modules is None:
         configurable_modules = gin_config.CONFIGURABLE_MODULES
@@ -126,6 +141,17 @@ def _run_train(
     train_fn(model_dir=model_dir, **({"hooks": hooks} if hooks else {}))
     distributed.shutdown(settings)
     return 0
+
+
+def _set_log_format(log_format: str | None) -> None:
+    """`--log_format=json` switches every log line to JSON (`monitoring.json_logs`)."""
+    if log_format in (None, "text"):
+        return
+    if log_format != "json":
+        raise UserError(f"--log_format={log_format} is not one of text, json.")
+    from llmos_jax.monitoring.json_logs import use_json_logs
+
+    use_json_logs()
 
 
 def _import_gin_config() -> Any:

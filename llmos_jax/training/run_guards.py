@@ -25,7 +25,12 @@ class StopSignal:
 
     def __init__(self):
         self.requested = False
+        self.reason = "SIGTERM received"
         self._previous = None
+
+    def request(self, reason: str) -> None:
+        """Asks the loop to save and stop after this step, as SIGTERM does (an alert rule)."""
+        self.reason, self.requested = reason, True
 
     def __enter__(self):
         try:

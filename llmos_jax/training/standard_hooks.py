@@ -146,6 +146,7 @@ class Checkpointing:
         finite_or_raise(context.step, context.host_metrics(), self._checkpointer)
         self._checkpointer.save(context.step, context.state,
                                 {**self._meta, "data_position": context.step})
+        context.throughput.exclude_until_now()  # a save is not training time
 
     def on_end(self, context: StepContext) -> None:
         # The last save must be on disk and checksummed (or its failure reported)

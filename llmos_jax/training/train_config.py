@@ -25,6 +25,7 @@ from llmos_jax.errors import UserError
 from llmos_jax.models.config import TransformerConfig
 from llmos_jax.objectives import Objective
 from llmos_jax.partitioning import DEFAULT_RULES, MeshConfig, rules_from_mapping
+from llmos_jax.training.alert_rules import Alerting
 from llmos_jax.training.hooks import TrainHook
 from llmos_jax.training.optimizers import make_optimizer
 from llmos_jax.training.periodic_eval import PeriodicEvaluator
@@ -90,6 +91,13 @@ class TrainConfig:
         tracking hook; same as `--track`). The trainer itself ignores it.
       register_as: Register the export as a new version of this model when
         training finishes (implies `track`; installed by `llmos train`).
+      alerting: Alert rules and where alerts go (`@Alerting()`, the default:
+        every rule, to the log and `alerts.jsonl`); None: no alert rule (a
+        non-finite loss still stops the run).
+      metrics_port: Serve `llmos_train_*` metrics for Prometheus on
+        `metrics_host` at this port (0: any free port); None: no endpoint.
+      metrics_host: The address the endpoint binds: 127.0.0.1 (this machine
+        only) unless a Prometheus elsewhere scrapes it (e.g. 0.0.0.0).
     """
 
     model_config: TransformerConfig | None = None
@@ -125,6 +133,9 @@ class TrainConfig:
     hooks: Sequence[TrainHook] = ()
     track: bool = False
     register_as: str | None = None
+    alerting: Alerting | None = dataclasses.field(default_factory=Alerting)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         # Gin gives lists and dicts; keep immutable, canonical values.
@@ -138,6 +149,9 @@ class TrainConfig:
                               ("log_every", 1), ("eval_every", 0), ("checkpoint_every", 1),
                               ("keep_checkpoints", 1), ("sample_new_tokens", 0)):
             _at_least(name, getattr(self, name), minimum)
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise UserError(f"train.metrics_port={self.metrics_port} must be a port number "
+                            "(0 to 65535; 0 picks a free port).")
         for name in ("eval_batches", "sample_top_k", "stop_after_steps"):
             if getattr(self, name) is not None:
                 _at_least(name, getattr(self, name), 0 if name == "stop_after_steps" else 1)

@@ -57,10 +57,12 @@ from llmos_jax.training.hooks import Schedule, StepContext, Throughput, TrainHoo
 from llmos_jax.training.optimizers import current_learning_rate
 from llmos_jax.training.periodic_eval import BestExport, PeriodicEvaluator, TaskEvaluation
 from llmos_jax.training.run_guards import StopSignal, TrainingDiverged  # noqa: F401
+from llmos_jax.training.run_monitoring import RunMonitoring
 from llmos_jax.training.self_contained_export import task_vocabularies_for_export
 from llmos_jax.training.standard_hooks import (Checkpointing, DivergenceGuard, ExportParams,
                                                HeldoutEvaluation, MetricsLogger, PreviewSamples,
                                                TaskEvaluationHook)
+from llmos_jax.training.spike_statistics import GuardedTrainStep
 from llmos_jax.training.train_config import TrainConfig
 from llmos_jax.training.train_state import (TrainState, abstract_train_state, init_train_state,
                                             state_shardings)
@@ -192,9 +194,11 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
     step_config = StepConfig(microbatches=config.microbatches, z_loss=config.z_loss,
                              dropout_seed=config.seed,
                              use_dropout=config.model_config.dropout_rate > 0)
-    train_step = jit_train_step(
-        make_train_step(spec, tx, current_learning_rate, step_config, layout, objective),
-        shardings, batch_ranks, layout)
+    step_fn = make_train_step(spec, tx, current_learning_rate, step_config, layout, objective)
+    spike_rules = config.alerting.spike_rules() if config.alerting else ()
+    train_step = (GuardedTrainStep(step_fn, spike_rules, shardings,
+                                   layout.batch_shardings(batch_ranks), layout)
+                  if spike_rules else jit_train_step(step_fn, shardings, batch_ranks, layout))
     eval_step = jit_eval_step(make_eval_step(spec, objective), shardings.params, batch_ranks,
                               layout)
 
@@ -235,13 +239,21 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
                                   temperature=config.sample_temperature,
                                   top_k=config.sample_top_k, seed=config.seed)
                    if objective.generates_text and config.sample_prompts else None)
+        monitoring = cleanup.enter_context(RunMonitoring(
+            config.alerting, metrics_port=config.metrics_port if is_chief else None,
+            metrics_host=config.metrics_host,
+            model_dir=model_path if is_chief else None, writer=writer, logged=logged,
+            request_stop=lambda: stop.request("an alert rule stopped the run"),
+            eval_metrics=lambda: _export_metrics(heldout, task_eval),
+            flops_per_token=flops_per_token, peak_flops=peak))
         standard = [
-            DivergenceGuard(logged, checkpointer), logger, heldout, task_hook,
+            *monitoring.first_hooks, DivergenceGuard(logged, checkpointer), logger, heldout,
+            task_hook,
             Checkpointing(Schedule(every=config.checkpoint_every, on_stop=True), checkpointer,
                           meta),
             ExportParams(model_path / "export", meta, vocabularies=vocabularies,
                          metrics=lambda: _export_metrics(heldout, task_eval))
-            if config.export else None, sampler]
+            if config.export else None, sampler, *monitoring.last_hooks]
         all_hooks = tuple(hook for hook in standard if hook is not None) + (
             *config.hooks, *hooks)
 
@@ -297,7 +309,7 @@ def _loop(train_step, state: TrainState, fetch, start_step: int, end_step: int,
                               stopping=stop.requested, throughput=throughput)
         run_due(hooks, context)
         if context.stopping:
-            log.warning("SIGTERM received: saved step %d, exiting", step)
+            log.warning("%s: saved step %d, exiting", stop.reason, step)
             break
     return context
 

@@ -1,0 +1,242 @@
+"""Each training alert rule fires on a stream that should trigger it and stays quiet on a normal one.
+
+The spike rules run inside a jitted step (`spike_statistics.guard_step`) on a
+toy "train step" whose loss and gradient norm the test dictates; the host
+rules run as hooks on real `StepContext`s; the webhook goes to a real HTTP
+server on 127.0.0.1 (one that answers, and one that hangs).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import pathlib
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llmos_jax.monitoring.alert_delivery import (ALERTS_FILENAME, Alert, AlertDispatcher,
+                                                 WebhookSender, read_alerts)
+from llmos_jax.training.alert_hooks import EvalRegressionAlerts, MetricAlerts, StallWatchdogHook
+from llmos_jax.training.alert_rules import (Alerting, EvalRegression, GradNormSpike, LossSpike,
+                                            NonFinite, StallWatchdog, ThroughputDrop)
+from llmos_jax.training.hooks import Schedule, StepContext, Throughput
+from llmos_jax.training.spike_statistics import guard_step, initial_statistics
+from llmos_jax.training.train_state import TrainState
+
+
+def run_spike_stream(losses, grad_norms, rules):
+    """Runs the guarded toy step over the streams; returns (per-step metrics, final params)."""
+    def toy_step(state, batch):
+        new = TrainState(step=state.step + 1, params={"w": state.params["w"] + 1.0},
+                         opt_state={"count": state.opt_state["count"] + 1})
+        return new, {"loss": batch["loss"], "grad_norm": batch["grad_norm"],
+                     "param_norm": jnp.float32(1.0)}
+
+    step = jax.jit(guard_step(toy_step, rules), donate_argnums=(0, 2))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.zeros(())},
+                       opt_state={"count": jnp.zeros((), jnp.int32)})
+    stats = initial_statistics(rules)
+    history = []
+    for loss, grad in zip(losses, grad_norms):
+        state, metrics, stats = step(state, {"loss": jnp.float32(loss),
+                                             "grad_norm": jnp.float32(grad)}, stats)
+        history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+    return history, float(state.params["w"]), int(state.step)
+
+
+def normal_stream(n, seed=0, level=2.0, noise=0.02):
+    return list(level + noise * np.random.default_rng(seed).standard_normal(n))
+
+
+def test_spike_rules_fire_in_step_and_skip_only_the_spiked_update():
+    losses = normal_stream(60)
+    grads = normal_stream(60, seed=1, level=1.0)
+    losses[40] = 4.0  # 100 sigma
+    grads[50] = 9.0
+    rules = (LossSpike(min_history=20, actions=("log", "skip_update")),
+             GradNormSpike(min_history=20))
+    history, w, step = run_spike_stream(losses, grads, rules)
+    assert [h["loss_spikes"] for h in history].index(1.0) == 40
+    assert history[-1]["loss_spikes"] == 1.0
+    assert [h["grad_norm_spikes"] for h in history].index(1.0) == 50
+    assert history[40]["loss_spike_zscore"] > 50
+    # Only the loss rule skips: one update dropped, the step counter still advanced.
+    assert history[-1]["skipped_updates"] == 1.0
+    assert (w, step) == (59.0, 60)
+
+
+def test_spike_rules_stay_quiet_on_a_normal_stream_and_before_min_history():
+    losses = normal_stream(200, seed=3)
+    losses[5] = 50.0  # before min_history: the window is not trusted yet
+    history, w, _ = run_spike_stream(losses, normal_stream(200, seed=4, level=1.0),
+                                     (LossSpike(min_history=20, actions=("skip_update",)),
+                                      GradNormSpike(min_history=20)))
+    assert history[-1]["loss_spikes"] == 0 and history[-1]["grad_norm_spikes"] == 0
+    assert w == 200.0
+
+
+def context(step, metrics, throughput):
+    return StepContext(step=step, state=None, metrics=metrics, last=False, stopping=False,
+                       throughput=throughput)
+
+
+class FakeClockThroughput(Throughput):
+    """A `Throughput` whose intervals the test sets (real time would be flaky)."""
+
+    def __init__(self):
+        super().__init__(tokens_per_step=1000)
+        self.rate = 1000.0
+
+    def report(self):
+        return 1000.0 / self.rate, self.rate
+
+
+def metric_alerts(tmp_path, rules, stops=None):
+    dispatcher = AlertDispatcher(tmp_path)
+    hook = MetricAlerts(Schedule(every=1), Alerting(rules=rules), dispatcher,
+                        lambda rule, step: (stops if stops is not None else []).append(rule))
+    return hook, dispatcher
+
+
+def healthy_metrics(**overrides):
+    return {"loss": 2.0, "grad_norm": 1.0, "param_norm": 10.0, **overrides}
+
+
+def test_throughput_drop_fires_after_sustained_slow_intervals_not_on_a_blip(tmp_path):
+    rule = ThroughputDrop(fraction=0.5, min_history=5, warmup_intervals=2, sustained=3,
+                          cooldown_steps=100)
+    hook, dispatcher = metric_alerts(tmp_path, (rule,))
+    throughput = FakeClockThroughput()
+    rates = [50.0, 80.0] + [1000.0] * 10 + [300.0] + [1000.0] * 5 + [300.0] * 5
+    for step, rate in enumerate(rates, start=1):
+        throughput.rate = rate
+        hook.on_step(context(step, healthy_metrics(), throughput))
+    # compile (first two) and the single slow interval are ignored; the third of
+    # the sustained slow intervals fires, once within the cool-down.
+    assert [(a.rule, a.step) for a in dispatcher.delivered] == [("throughput_drop", 21)]
+    assert dispatcher.delivered[0].threshold == 500.0
+
+
+def test_non_finite_and_spike_counts_become_alerts_with_cooldown(tmp_path):
+    stops = []
+    hook, dispatcher = metric_alerts(
+        tmp_path, (NonFinite(), LossSpike(cooldown_steps=10, actions=("file", "stop"))), stops)
+    throughput = FakeClockThroughput()
+    stream = [healthy_metrics(loss_spikes=0.0, loss_spike_zscore=0.0),
+              healthy_metrics(loss_spikes=2.0, loss_spike_zscore=8.5),
+              healthy_metrics(loss_spikes=3.0, loss_spike_zscore=7.0),  # within cool-down
+              healthy_metrics(loss_spikes=3.0, loss_spike_zscore=7.0),
+              healthy_metrics(loss=math.nan, loss_spikes=3.0, loss_spike_zscore=7.0)]
+    for step, metrics in enumerate(stream, start=1):
+        hook.on_step(context(step, metrics, throughput))
+    assert [(a.rule, a.step) for a in dispatcher.delivered] == [("loss_spike", 2),
+                                                                 ("non_finite", 5)]
+    assert dispatcher.delivered[0].value == 8.5 and stops == ["loss_spike"]
+    written = read_alerts(tmp_path)
+    assert [(a["rule"], a["step"], a["value"]) for a in written] == [
+        ("loss_spike", 2, 8.5), ("non_finite", 5, "nan")]
+
+
+def test_eval_regression_by_direction(tmp_path):
+    dispatcher = AlertDispatcher(tmp_path)
+    current = {}
+    loss_rule = EvalRegressionAlerts(EvalRegression(metric="eval/loss", tolerance=0.1),
+                                     dispatcher, lambda: current, lambda *a: None)
+    acc_rule = EvalRegressionAlerts(EvalRegression(metric="task/accuracy", mode="max",
+                                                   tolerance=0.05), dispatcher,
+                                    lambda: current, lambda *a: None)
+    for step, values in [(10, {"eval/loss": 3.0, "task/accuracy": 0.5}),
+                         (20, {"eval/loss": 2.0, "task/accuracy": 0.6}),
+                         (30, {"eval/loss": 2.1, "task/accuracy": 0.58}),  # within tolerance
+                         (40, {"eval/loss": 2.5, "task/accuracy": 0.4})]:
+        current.clear()
+        current.update(values)
+        for hook in (loss_rule, acc_rule):
+            hook.on_step(context(step, None, None))
+    # Step 30 is within tolerance both ways; step 40 regresses both (a cool-down of 0
+    # de-duplicates nothing).
+    assert [(a.rule, a.step, a.value) for a in dispatcher.delivered] == [
+        ("eval_regression", 40, 2.5), ("eval_regression", 40, 0.4)]
+    assert loss_rule.best == 2.0 and acc_rule.best == 0.6
+
+
+def test_stall_watchdog_fires_from_its_thread_and_dumps_stacks(tmp_path):
+    dispatcher = AlertDispatcher(tmp_path)
+    stops = []
+    hook = StallWatchdogHook(StallWatchdog(multiple=3, min_seconds=0.3, min_history=5,
+                                           poll_seconds=0.05, actions=("file", "stop"),
+                                           stop_grace_seconds=60),
+                             dispatcher, lambda rule, step: stops.append((rule, step)), tmp_path)
+    throughput = FakeClockThroughput()
+    try:
+        for step in range(1, 11):  # 10 ms steps: quiet
+            hook.on_step(context(step, None, throughput))
+            time.sleep(0.01)
+        assert dispatcher.delivered == []
+        time.sleep(1.0)  # no step for > max(3 x 10 ms, 0.3 s)
+        assert [(a.rule, a.step) for a in dispatcher.delivered] == [("stall", 10)]
+        assert stops == [("stall", 10)]
+        stacks = (tmp_path / "stall_stacks.txt").read_text()
+        assert "test_stall_watchdog_fires_from_its_thread" in stacks  # the main thread's frame
+    finally:
+        hook.close()
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """Records POST bodies; with `hang` set, sleeps before answering."""
+
+    bodies: list = []
+    hang = 0.0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.hang)
+        type(self).bodies.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def receiver():
+    handler = type("Handler", (Receiver,), {"bodies": [], "hang": 0.0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield handler, f"http://127.0.0.1:{server.server_port}/hook"
+    server.shutdown()
+
+
+def test_webhook_posts_slack_and_json_bodies(tmp_path, receiver):
+    handler, url = receiver
+    alert = Alert("loss_spike", 7, "1 loss spike", 8.0, 6.0)
+    for body_format in ("slack", "json"):
+        sender = WebhookSender(url, body_format=body_format, timeout_s=5)
+        sender.send(alert)
+        sender.close()
+        assert sender.sent == 1
+    assert handler.bodies[0] == {"text": "[warning] llmos loss_spike at step 7: 1 loss spike"}
+    assert handler.bodies[1]["rule"] == "loss_spike" and handler.bodies[1]["step"] == 7
+
+
+def test_a_hanging_webhook_never_blocks_the_caller(tmp_path, receiver):
+    handler, url = receiver
+    handler.hang = 3.0
+    sender = WebhookSender(url, timeout_s=0.5, queue_size=2)
+    dispatcher = AlertDispatcher(tmp_path, webhook=sender)
+    started = time.perf_counter()
+    for step in range(20):
+        dispatcher.fire(Alert("stall", step, "stalled", 1.0, 0.5), actions=("file", "webhook"),
+                        cooldown_steps=0)
+    assert time.perf_counter() - started < 0.5
+    dispatcher.close()
+    assert time.perf_counter() - started < 2.0  # close waits at most about one timeout
+    assert sender.dropped >= 15 and sender.sent == 0
+    assert len((tmp_path / ALERTS_FILENAME).read_text().splitlines()) == 20
