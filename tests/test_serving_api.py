@@ -284,12 +284,14 @@ def test_disconnect_frees_the_slot_within_a_step(server):
 
 
 def test_overload_gets_429_with_retry_after_then_drain():
-    served = tiny_served_model(context=256)
+    served = tiny_served_model(context=1024)
     options = EngineOptions(max_slots=1, max_queue=0, prefill_chunk=16)
-    with background_server(served, engine_options=options, shutdown_grace=30) as running:
+    with background_server(served, engine_options=options, shutdown_grace=60) as running:
         url = running.base_url + "/v1/completions"
-        body = {"model": "tiny", "prompt": "x", "max_tokens": 1000, "temperature": 0,
-                "ignore_eos": True}  # holds the one slot until the context (255 tokens) is full
+        # Holds the one slot until the context (1,023 tokens: a few seconds, even on a loaded
+        # machine) is full, so the refusal and the drain below happen while it runs.
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 4000, "temperature": 0,
+                "ignore_eos": True}
         first = {}
         holder = threading.Thread(target=lambda: first.update(
             response=httpx.post(url, json=body, timeout=60)))
