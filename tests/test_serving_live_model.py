@@ -6,12 +6,15 @@ warm-up is a fraction of a second.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 
 import pytest
 from serving_api_helpers import tiny_served_model
 
+from llmos_jax.serving.api import create_app
 from llmos_jax.serving.engine import ServingEngine
 from llmos_jax.serving.live_model import LiveModel, ModelFollower
 from llmos_jax.serving.server import EngineOptions, build_engine
@@ -99,3 +102,41 @@ def test_the_drain_waits_for_requests_on_a_retiring_version_then_stops_every_eng
     assert result == {"finished": True}
     live.shutdown()
     assert is_stopped(first) and is_stopped(second) and live.retiring() == []
+
+
+async def _stream_to_a_client_already_gone(app) -> None:
+    """One ASGI streamed request whose client leaves before the first byte is sent."""
+    body = json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 14, "stream": True,
+                       "ignore_eos": True, "temperature": 0}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"},
+             "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/completions", "raw_path": b"/v1/completions", "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"content-type", b"application/json"),
+                         (b"content-length", str(len(body)).encode())]}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            raise OSError("the client closed the connection")  # as uvicorn's send does
+
+    try:
+        await app({**scope}, receive, send)
+    except Exception:  # Starlette reports the disconnect; the server carries on.
+        pass
+
+
+def test_a_stream_whose_client_left_before_it_began_returns_its_lease(served):
+    engine = started(served)
+    live = LiveModel(engine, served, "1")
+    app = create_app(engine, served, live=live)
+    asyncio.run(_stream_to_a_client_already_gone(app))
+    assert live.current().leases == 0  # Not held until a switch's retire timeout.
+    deadline = time.monotonic() + 10
+    while engine.stats().running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.stats().running == 0
+    live.shutdown()
