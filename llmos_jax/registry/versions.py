@@ -21,6 +21,7 @@ import logging
 import os
 import pathlib
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Mapping
@@ -292,10 +293,11 @@ def fetch_version(store: Store, uri: ModelUri, *, flag: str = "--model") -> Fetc
     version = get_version(store, uri, flag=flag)
     target = store.cache_dir / uri.name / str(version.version) / EXPORT_ARTIFACT
     described = f"{flag}={str(uri)!r} (version {str(version.version)})"
-    if target.is_dir() and has_manifest(target) and check_manifest(target) is None:
+    if _is_whole(target):
         return FetchedVersion(uri.name, str(version.version), target, dict(version.tags))
-    partial = target.parent.with_name(f".{str(version.version)}.partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
+    # Unique across hosts sharing the cache (pids repeat between containers) and within one.
+    partial = target.parent.with_name(f".{str(version.version)}.partial-{socket.gethostname()}"
+                                      f"-{os.getpid()}-{uuid.uuid4().hex}")
     partial.mkdir(parents=True)
     try:
         downloaded = _download(store, version.source, partial, described)
@@ -306,15 +308,49 @@ def fetch_version(store: Store, uri: ModelUri, *, flag: str = "--model") -> Fetc
                             f"Register the run again, or point the alias at another version.")
         target.parent.mkdir(parents=True, exist_ok=True)
         _download_config(store, version.source, target.parent)
-        shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(downloaded, target)
-        except OSError:  # Another process put a copy there first; it is checked below.
-            if not (has_manifest(target) and check_manifest(target) is None):
-                raise
+        _install(downloaded, target, described)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return FetchedVersion(uri.name, str(version.version), target, dict(version.tags))
+
+
+def _is_whole(folder: pathlib.Path) -> bool:
+    return folder.is_dir() and has_manifest(folder) and check_manifest(folder) is None
+
+
+def _install(downloaded: pathlib.Path, target: pathlib.Path, described: str) -> None:
+    """Moves a verified download to `target`, unless a whole copy is there already.
+
+    Another process (on this host or another sharing the cache) may have put a
+    verified copy there meanwhile and be loading it: that copy is kept and ours
+    discarded. Only a copy found damaged on a fresh check is removed, and it is
+    first renamed aside (atomically), so no reader ever sees it half deleted.
+    """
+    for _ in range(3):
+        if _is_whole(target):
+            return  # Someone else's verified copy: use it; the caller discards ours.
+        if target.exists():
+            aside = target.with_name(f".{target.name}.damaged-{uuid.uuid4().hex}")
+            try:
+                os.replace(target, aside)
+            except FileNotFoundError:
+                pass  # Another process set it aside first.
+            else:
+                if _is_whole(aside):  # Replaced by a whole copy between the check and the move.
+                    try:
+                        os.rename(aside, target)
+                        continue
+                    except OSError:
+                        pass  # Yet another copy is in place; it is checked on the next turn.
+                shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.replace(downloaded, target)
+            return
+        except OSError:  # Another process put a copy there first; it is checked next turn.
+            continue
+    if not _is_whole(target):
+        raise UserError(f"{described}: could not put a verified copy at {target} (other "
+                        "processes keep replacing it). Fetch it again.")
 
 
 def _download(store: Store, source: str, into: pathlib.Path, described: str) -> pathlib.Path:

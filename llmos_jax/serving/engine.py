@@ -207,6 +207,8 @@ class ServingEngine:
                 self._stopping = True
                 self._cond.notify()
             self._thread.join(timeout=30)
+        if self._thread is None or not self._thread.is_alive():
+            self._state = None  # The KV cache: freed now, not when the engine is dropped.
 
     def stats(self) -> EngineStats:
         with self._cond:

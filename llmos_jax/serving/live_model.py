@@ -14,6 +14,11 @@ and only then switches. A version that fails to load or compile leaves the
 current one serving; the failure is logged and counted (`/metrics`:
 `llmos_model_switch_failures_total`). Moving the alias back rolls back the
 same way.
+
+On shutdown the follower is told to stop without waiting for a compile in
+progress (whose engine is then shut down, never switched to); the drain
+lets requests on retiring versions finish too, and every engine is shut
+down at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from llmos_jax.serving.engine import ServingEngine
@@ -69,10 +75,17 @@ class Lease:
 
 
 class LiveModel:
-    """The current deployment, leased per request and switched without failing any."""
+    """The current deployment, leased per request and switched without failing any.
+
+    Deployments switched away from stay tracked (`retiring`) until their last
+    lease is returned, so a drain can let their requests finish too and
+    `shutdown` stops every engine, not just the current one.
+    """
 
     def __init__(self, engine: ServingEngine, served: ServedModel, version: str | None = None):
         self._current = Deployment(engine, served, version)
+        self._retiring: list[Deployment] = []
+        self._closed = False
         self._cond = threading.Condition()
         self.switches = 0
         self.failed_switches = 0
@@ -80,6 +93,11 @@ class LiveModel:
     def current(self) -> Deployment:
         with self._cond:
             return self._current
+
+    def retiring(self) -> list[Deployment]:
+        """Deployments switched away from whose requests are still running."""
+        with self._cond:
+            return list(self._retiring)
 
     def lease(self) -> Lease:
         """The current deployment, held until the lease is released."""
@@ -93,24 +111,65 @@ class LiveModel:
             self._cond.notify_all()
 
     def switch(self, engine: ServingEngine, served: ServedModel, version: str | None,
-               *, retire_timeout: float = 600.0) -> None:
-        """Serves new requests from `engine` (started); retires the old one when idle."""
+               *, retire_timeout: float = 600.0) -> bool:
+        """Serves new requests from `engine` (started); retires the old one when idle.
+
+        Returns:
+          False (and shuts `engine` down) when the server is already shutting down.
+        """
         with self._cond:
-            old, self._current = self._current, Deployment(engine, served, version)
-            self.switches += 1
+            if self._closed:
+                closed = True
+            else:
+                closed = False
+                old, self._current = self._current, Deployment(engine, served, version)
+                self._retiring.append(old)
+                self.switches += 1
+        if closed:
+            log.info("version %s is ready but the server is shutting down; not switching",
+                     version)
+            engine.shutdown()
+            return False
         log.info("now serving version %s (was %s); the old one finishes its requests",
                  version, old.version)
 
         def retire():
             with self._cond:
-                self._cond.wait_for(lambda: old.leases == 0, retire_timeout)
+                self._cond.wait_for(lambda: old.leases == 0 or self._closed, retire_timeout)
+                if self._closed:
+                    return  # `shutdown` stops it.
             old.engine.shutdown()
+            with self._cond:
+                if old in self._retiring:
+                    self._retiring.remove(old)
             log.info("version %s retired", old.version)
 
         threading.Thread(target=retire, name="llmos-retire", daemon=True).start()
+        return True
+
+    def drain(self, grace: float) -> bool:
+        """Stops admitting; waits up to `grace` s for every deployment's requests.
+
+        Requests on retiring versions count too (they hold leases). Returns
+        True if all finished in time.
+        """
+        deadline = time.monotonic() + grace
+        finished = self.current().engine.drain(grace)
+        with self._cond:
+            retired = self._cond.wait_for(
+                lambda: all(d.leases == 0 for d in self._retiring),
+                max(0.0, deadline - time.monotonic()))
+        return finished and retired
 
     def shutdown(self) -> None:
-        self.current().engine.shutdown()
+        """Stops every engine (current and retiring); later switches are refused."""
+        with self._cond:
+            self._closed = True
+            engines = [d.engine for d in (*self._retiring, self._current)]
+            self._retiring.clear()
+            self._cond.notify_all()
+        for engine in engines:
+            engine.shutdown()
 
 
 class ModelFollower:
@@ -135,8 +194,13 @@ class ModelFollower:
         return self
 
     def stop(self) -> None:
+        """Asks the follower to stop, without waiting for it.
+
+        A version still compiling is not switched to: its engine is shut down
+        once it is ready (or, if it gets past the check, `LiveModel.switch`
+        refuses it after `LiveModel.shutdown`).
+        """
         self._stop.set()
-        self._thread.join(timeout=30)
 
     def poll_once(self) -> None:
         """One check: switch if the target moved (and loads), else nothing."""
@@ -149,10 +213,13 @@ class ModelFollower:
         if wanted == self._live.current().version or wanted == self._failed:
             return
         log.info("the target moved to version %s: loading and compiling it", wanted)
+        engine = None
         try:
             engine, served = self._load(wanted)
             engine.start()  # Compiles every shape before any request reaches it.
         except Exception as error:
+            if engine is not None:
+                engine.shutdown()  # A half-started engine: free its threads and memory.
             self._failed = wanted
             self._live.failed_switches += 1
             current = self._live.current().version
@@ -166,6 +233,11 @@ class ModelFollower:
                           wanted, type(error).__name__, str(error)[:300], current)
             return
         self._failed = None
+        if self._stop.is_set():  # The server began shutting down while this one compiled.
+            log.info("version %s is ready but the server is shutting down; not switching",
+                     wanted)
+            engine.shutdown()
+            return
         self._live.switch(engine, served, wanted)
 
     def _run(self) -> None:

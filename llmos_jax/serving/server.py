@@ -83,12 +83,10 @@ class DrainingServer(uvicorn.Server):
 
         def drain():
             if self.follower is not None:
-                self.follower.stop()
-            engine = self.live.current().engine
-            finished = engine.drain(self._grace)
-            if not finished:
+                self.follower.stop()  # No join: a version still compiling must not hold us.
+            if not self.live.drain(self._grace):  # Retiring versions' requests count too.
                 log.warning("grace period over: aborting the requests still running")
-            engine.shutdown()
+            self.live.shutdown()
             self.should_exit = True
 
         threading.Thread(target=drain, name="llmos-drain", daemon=True).start()
