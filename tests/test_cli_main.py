@@ -260,6 +260,18 @@ def test_python_dash_m_error_is_one_line_without_traceback():
     )
 
 
+@pytest.mark.parametrize("code", [
+    "import sys\nfrom llmos_jax.cli.main import main\nassert main(['--help']) == 0\n",
+    "import sys\nimport llmos_jax.models\n",
+], ids=["llmos --help", "import llmos_jax.models"])
+def test_help_and_model_imports_load_neither_tensorflow_nor_torch(code):
+    """Start-up cost: TensorFlow (seqio) and torch (tensorboardX, transformers) load only
+    where a run needs them."""
+    result = run_module("-c", code + "heavy = {'tensorflow', 'torch'} & set(sys.modules)\n"
+                                     "assert not heavy, heavy\n")
+    assert result.returncode == 0, result.stderr
+
+
 def test_cli_import_loads_neither_jax_nor_gin_nor_tensorflow():
     code = (
         "import sys, llmos_jax.cli.main\n"
