@@ -89,9 +89,10 @@ def test_logits_and_greedy_decoding_match_transformers(case, hf_models, torch):
     assert max_abs(ours(jnp.asarray(tokens)), expected) < TOLERANCE
 
     prompt = tokens_of(12, batch=1, seed=1)
+    hf_model.generation_config.eos_token_id = None  # EOS is just a token here, as in ours
     with torch.no_grad():
         hf_out = hf_model.generate(torch.tensor(prompt), max_new_tokens=12, do_sample=False,
-                                   min_new_tokens=12, eos_token_id=None, pad_token_id=0)
+                                   pad_token_id=0)
     results = generate(ours, None, prompt.tolist(), DecodeConfig(max_new_tokens=12, pad_id=0))
     assert list(results[0].tokens) == hf_out[0, 12:].tolist()
 
