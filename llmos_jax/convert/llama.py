@@ -177,9 +177,9 @@ def export_problem(config: TransformerConfig, model_type: str) -> str | None:
     if model_type != "mistral":
         needs.append(("sliding_window", None))
     if model_type == "qwen2":
-        needs += [("use_bias", False), ("qkv_bias", True)]
+        needs += [("use_bias", False), ("qkv_biased", True)]
     else:
-        needs.append(("qkv_bias", config.use_bias))
+        needs.append(("qkv_biased", config.use_bias))
         if model_type != "llama":
             needs.append(("use_bias", False))
     if model_type in ("gemma",):
@@ -217,7 +217,7 @@ def mapping_table(config: TransformerConfig, model_type: str) -> MappingTable:
         transposed(f"{block}mlp.down_proj.weight", (embed, mlp), ("mlp", "wo", "kernel")),
         norm(f"{HF_PREFIX}norm.weight", (embed,), ("final_norm", "scale")),
     ]
-    if config.qkv_bias:
+    if config.qkv_biased:
         rules += [bias_to_heads(f"{block}self_attn.{name[0]}_proj.bias", count, head_dim,
                                 ("attn", name, "bias"))
                   for name, count in (("query", heads), ("key", kv_heads), ("value", kv_heads))]
@@ -290,7 +290,7 @@ def _biases(model_type: str, hf: Mapping[str, Any]) -> dict[str, bool]:
                            f"supported only equal to attention_bias={hf['attention_bias']!r}")
     if model_type != "llama" and hf["attention_bias"]:
         raise _unsupported("attention_bias", hf["attention_bias"], "only false is supported")
-    return dict(use_bias=bool(hf["attention_bias"]), qkv_bias=bool(hf["attention_bias"]))
+    return dict(use_bias=bool(hf["attention_bias"]))
 
 
 def _rope(hf: Mapping[str, Any]) -> dict[str, Any]:

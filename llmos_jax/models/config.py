@@ -172,14 +172,17 @@ class TransformerConfig:
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise UserError("TransformerConfig.sliding_window must be positive or None, got "
                             f"{self.sliding_window}.")
-        if self.qkv_bias is None:
-            object.__setattr__(self, "qkv_bias", self.use_bias)
         if not 0.0 <= self.dropout_rate < 1.0:
             raise UserError(f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
 
     @property
     def gated_mlp(self) -> bool:
         return self.mlp_activation in GATED_ACTIVATIONS
+
+    @property
+    def qkv_biased(self) -> bool:
+        """Whether the query, key and value projections have biases."""
+        return self.use_bias if self.qkv_bias is None else self.qkv_bias
 
     @property
     def rope(self) -> Rope | None:
