@@ -98,3 +98,15 @@ def test_missing_file_and_unknown_eos_are_named(folder, tmp_path):
         HfTokenizerVocabulary(tmp_path)
     with pytest.raises(UserError, match="the EOS token '<eos>'"):
         HfTokenizerVocabulary(folder, eos_token="<eos>")
+
+
+def test_saved_tokenizer_loads_in_auto_tokenizer_with_the_same_ids(folder, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    vocabulary = HfTokenizerVocabulary(folder)
+    vocabulary.save_pretrained(tmp_path)
+    reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert (reloaded.bos_token, reloaded.eos_token) == ("<s>", "</s>")
+    assert HfTokenizerVocabulary(tmp_path) == vocabulary
+    for text in TEXTS.values():
+        assert reloaded.decode(vocabulary.encode(text), skip_special_tokens=True) == text
+        assert reloaded.encode(text, add_special_tokens=False) == vocabulary.encode(text)[1:]

@@ -104,6 +104,21 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         return {"add_bos": self._add_bos, "bos_token": self._bos_token,
                 "eos_token": self._eos_token}
 
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes ``tokenizer.json`` and ``tokenizer_config.json`` into `directory`.
+
+        ``transformers.AutoTokenizer.from_pretrained(directory)`` then loads a
+        fast tokenizer with the same ids, BOS/EOS and ``add_bos_token`` (put the
+        folder beside an exported model's ``config.json``).
+        """
+        directory = pathlib.Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / TOKENIZER_FILE).write_bytes(self._json)
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self._bos_token,
+                  "eos_token": self._eos_token, "add_bos_token": self._add_bos,
+                  "add_eos_token": False}
+        (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+
     def fingerprint(self) -> str:
         """SHA-256 of the file and the BOS/EOS settings."""
         digest = hashlib.sha256(self._json)
