@@ -114,7 +114,11 @@ def test_export_reloads_in_transformers_with_same_logits(hf_models, transformers
 
 
 def test_scanned_import_equals_unrolled(hf_models):
+    from llmos_jax.training.warm_start import hf_model_config
+
     directory, _ = hf_models["mistral_window"]
+    # What a warm start (InitFrom.hf_dir with @hf_model_config()) builds.
+    assert hf_model_config(str(directory)) == import_hf_model(directory).config
     tokens = jnp.asarray(tokens_of(20))
     assert max_abs(import_hf_model(directory)(tokens),
                    import_hf_model(directory, scan_layers=False)(tokens)) < 1e-5
