@@ -290,14 +290,14 @@ def test_overriding_a_field_config_json_fixes_is_refused(exported_dir):
 
 def test_unsupported_model_type_names_the_supported_ones(exported_dir):
     config = json.loads((exported_dir / "config.json").read_text())
-    (exported_dir / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    (exported_dir / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
+    supported = "bert, gemma, gpt2, llama, mistral, qwen2, t5."
     with pytest.raises(UserError, match=re.escape(
-            "has model_type='llama', which cannot be imported; supported model types: "
-            "bert, gpt2, t5.")):
+            f"has model_type='falcon', which cannot be imported; supported model types: {supported}")):
         import_hf_model(exported_dir)
-    with pytest.raises(UserError, match=re.escape("model_type='llama' cannot be exported; "
-                                                  "supported model types: bert, gpt2, t5.")):
-        export_hf_model(random_model(ours_gpt2_config()), exported_dir, model_type="llama")
+    with pytest.raises(UserError, match=re.escape("model_type='falcon' cannot be exported; "
+                                                  f"supported model types: {supported}")):
+        export_hf_model(random_model(ours_gpt2_config()), exported_dir, model_type="falcon")
 
 
 def test_directory_without_safetensors_points_to_save_pretrained(tmp_path):

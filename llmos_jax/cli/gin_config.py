@@ -34,6 +34,8 @@ CONFIGURABLE_MODULES: tuple[str, ...] = (
     "llmos_jax.data.providers",
     "llmos_jax.data.text_tasks",
     "llmos_jax.data.example_batches",
+    "llmos_jax.data.hf_tokenizer_vocab",
+    "llmos_jax.data.few_shot",
     "llmos_jax.training.schedules",
     "llmos_jax.training.trainer",
     "llmos_jax.training.fault_injection",

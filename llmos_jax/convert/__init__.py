@@ -12,6 +12,8 @@ transformers is needed (install ``llmos_jax[reference]``).
 - ``gpt2``: the GPT-2 family (``GPT2LMHeadModel``) <-> ``DecoderLM``.
 - ``bert``: ``BertModel`` / ``BertForPreTraining`` <-> ``Encoder`` / ``EncoderForPreTraining``.
 - ``t5``: ``T5ForConditionalGeneration`` (v1.0, v1.1) <-> ``EncoderDecoderLM``.
+- ``llama``: ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
+  ``GemmaForCausalLM`` <-> ``DecoderLM``.
 - ``model_params``: shared plumbing between NNX models and flat parameter tables.
 - ``hf_models``: ``CONVERTERS`` (each ``model_type`` with its model family),
   ``import_hf_model`` / ``export_hf_model``, dispatching on

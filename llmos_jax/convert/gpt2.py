@@ -112,6 +112,7 @@ def config_to_hf(config: TransformerConfig) -> dict[str, Any]:
     representable = (
         ("position_embedding", "learned"), ("norm", "layernorm"), ("use_bias", True),
         ("num_kv_heads", config.num_heads), ("head_dim", config.embed_dim // config.num_heads),
+        ("qkv_biased", True), ("sliding_window", None), ("scale_embeddings", False),
     )
     for field, needed in representable:
         if getattr(config, field) != needed:

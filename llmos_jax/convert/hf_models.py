@@ -17,7 +17,7 @@ from typing import Any
 
 from flax import nnx
 
-from llmos_jax.convert import bert, gpt2, hf_checkpoint, t5
+from llmos_jax.convert import bert, gpt2, hf_checkpoint, llama, t5
 from llmos_jax.errors import UserError
 from llmos_jax.models import families
 
@@ -31,19 +31,30 @@ class HfConverter:
       family: Name of the `llmos_jax.models.families.ModelFamily` it maps to.
       import_model: ``(directory, **overrides) -> model``.
       export_model: ``(model, directory, *, extra_config) -> None``.
+      writes: ``(model config) -> bool``: whether this type can express the
+        config; picks the type when a family has several and none is named.
     """
 
     model_type: str
     family: str
     import_model: Callable[..., nnx.Module]
     export_model: Callable[..., None]
+    writes: Callable[[Any], bool] = lambda config: True
 
 
 CONVERTERS: dict[str, HfConverter] = {c.model_type: c for c in (
     HfConverter(gpt2.MODEL_TYPE, families.DECODER.name, gpt2.import_gpt2, gpt2.export_gpt2),
     HfConverter(bert.MODEL_TYPE, families.BERT.name, bert.import_bert, bert.export_bert),
     HfConverter(t5.MODEL_TYPE, families.T5.name, t5.import_t5, t5.export_t5),
+    *(HfConverter(model_type, families.DECODER.name, llama.import_llama,
+                  llama.exporter(model_type),
+                  writes=lambda config, model_type=model_type:
+                      llama.export_problem(config, model_type) is None)
+      for model_type in llama.MODEL_TYPES),
 )}
+# GPT-2 writes what no Llama-style type does (learned positions, LayerNorm).
+CONVERTERS[gpt2.MODEL_TYPE] = dataclasses.replace(
+    CONVERTERS[gpt2.MODEL_TYPE], writes=lambda config: config.position_embedding == "learned")
 
 
 def supported_model_types() -> tuple[str, ...]:
@@ -85,6 +96,8 @@ def export_hf_model(model: nnx.Module, directory: str | os.PathLike, *,
     """
     family = families.family_of(model)
     own = [c.model_type for c in CONVERTERS.values() if c.family == family.name]
+    if model_type is None and len(own) > 1:  # the first type (table order) that can write it
+        own = [t for t in own if CONVERTERS[t].writes(model.config)][:1] or own
     if model_type is None:
         if len(own) != 1:
             raise UserError(

@@ -17,6 +17,7 @@ characters    the character set's JSON (`CharacterVocabulary` / `CharacterTable`
 sentencepiece the effective model bytes, extra ids included as pieces
               (`seqio.SentencePieceVocabulary` / `SentencePieceTable`)
 wordpiece     the BERT `vocab.txt` and the case setting (`WordPieceVocabulary`)
+hf_tokenizer  the `tokenizer.json` and its BOS/EOS settings (`HfTokenizerVocabulary`)
 passthrough   nothing but the size (ids that are not text, e.g. labels)
 ============  ==============================================================
 
@@ -176,10 +177,13 @@ def _entry(vocabulary: Any, feature: str) -> tuple[dict[str, Any], bytes | None]
         return ({"kind": "wordpiece", "file": f"{FOLDER}/{feature}.vocab.txt",
                  "lowercase": bool(tokenizer.lowercase), "description": description},
                 tokenizer.vocab_bytes)
+    if isinstance(getattr(vocabulary, "tokenizer_json", None), bytes):  # HfTokenizerVocabulary
+        return ({"kind": "hf_tokenizer", "file": f"{FOLDER}/{feature}.tokenizer.json",
+                 **vocabulary.settings, "description": description}, vocabulary.tokenizer_json)
     raise UserError(
         f"the {feature} vocabulary {type(vocabulary).__name__} cannot be written with an export "
         "(supported: seqio.ByteVocabulary, CharacterVocabulary, SentencePiece, WordPiece, "
-        "PassThroughVocabulary); use one of them in the task.")
+        "HfTokenizerVocabulary, PassThroughVocabulary); use one of them in the task.")
 
 
 def _vocabulary(directory: pathlib.Path, entry: Mapping[str, Any] | None, feature: str) -> Any:
@@ -205,11 +209,17 @@ def _vocabulary(directory: pathlib.Path, entry: Mapping[str, Any] | None, featur
         from llmos_jax.data.wordpiece_vocab import WordPieceVocabulary
 
         vocabulary = WordPieceVocabulary(path, lowercase=bool(entry.get("lowercase", True)))
+    elif kind == "hf_tokenizer":
+        from llmos_jax.data.hf_tokenizer_vocab import HfTokenizerVocabulary
+
+        vocabulary = HfTokenizerVocabulary(path, add_bos=bool(entry.get("add_bos")),
+                                           bos_token=entry.get("bos_token"),
+                                           eos_token=entry.get("eos_token"))
     elif kind == "passthrough":
         vocabulary = seqio.PassThroughVocabulary(int(entry["size"]), entry.get("eos_id"))
     else:
         raise UserError(f"{source} has kind {kind!r}, which this llmos cannot read (it reads "
-                        "bytes, characters, sentencepiece, wordpiece, passthrough); serve it "
+                        "bytes, characters, sentencepiece, wordpiece, hf_tokenizer, passthrough); serve it "
                         "with the llmos version that wrote it.")
     found = describe_vocabulary(vocabulary)
     if found != entry.get("description"):

@@ -17,9 +17,10 @@ from llmos_jax.metrics.classification import accuracy, macro_f1
 from llmos_jax.metrics.conll import conll_span_f1
 from llmos_jax.metrics.generation import bleu, rouge
 from llmos_jax.metrics.language_modeling import perplexity, token_accuracy
+from llmos_jax.metrics.multiple_choice import multiple_choice_accuracy
 
 PREDICTION_METRICS = (accuracy, macro_f1, conll_span_f1, bleu, rouge)
-SCORE_METRICS = (perplexity, token_accuracy)
+SCORE_METRICS = (perplexity, token_accuracy, multiple_choice_accuracy)
 
 for _metric in PREDICTION_METRICS + SCORE_METRICS:
     gin.external_configurable(_metric, module="llmos_jax.evaluation")
@@ -29,6 +30,7 @@ __all__ = [
     "bleu",
     "conll_span_f1",
     "macro_f1",
+    "multiple_choice_accuracy",
     "perplexity",
     "rouge",
     "token_accuracy",

@@ -19,22 +19,29 @@ from flax import nnx
 from llmos_jax.models import axes
 from llmos_jax.models.dense import Dense, DenseFactory
 from llmos_jax.models.dropout import dropout, split_key
-from llmos_jax.models.embeddings import apply_rope
+from llmos_jax.models.embeddings import Rope, apply_rope
 
 _NEG_INF = -1e30  # finite, so fully masked rows (padding) give uniform, not NaN, weights
 
 
 def attention_mask(query_segments: jax.Array | None, key_segments: jax.Array | None,
-                   query_len: int, key_len: int, *, causal: bool) -> jax.Array | None:
+                   query_len: int, key_len: int, *, causal: bool,
+                   sliding_window: int | None = None) -> jax.Array | None:
     """Boolean [batch|1, 1, query, key] mask: causal and/or same-document.
 
     With packed sequences, tokens attend only within their own segment; segment
     id 0 marks padding. Given only `key_segments` (e.g. cross-attention from
-    an unpacked decoder), keys with segment 0 are masked.
+    an unpacked decoder), keys with segment 0 are masked. A causal mask with
+    `sliding_window` W also hides keys W or more tokens back (Mistral).
     """
     mask = None
     if causal:
-        mask = jnp.tril(jnp.ones((query_len, key_len), dtype=bool), k=key_len - query_len)[None, None]
+        offset = key_len - query_len
+        mask = jnp.tril(jnp.ones((query_len, key_len), dtype=bool), k=offset)
+        if sliding_window is not None:
+            mask = jnp.logical_and(mask, jnp.triu(jnp.ones((query_len, key_len), dtype=bool),
+                                                  k=offset - sliding_window + 1))
+        mask = mask[None, None]
     if query_segments is not None and key_segments is not None:
         same = query_segments[:, None, :, None] == key_segments[:, None, None, :]
         mask = same if mask is None else jnp.logical_and(mask, same)
@@ -63,17 +70,21 @@ def query_slots(write_index: jax.Array, query_len: int) -> jax.Array:
 
 
 def cached_attention_mask(key_valid: jax.Array, write_index: jax.Array,
-                          query_len: int) -> jax.Array:
+                          query_len: int, sliding_window: int | None = None) -> jax.Array:
     """Boolean [batch, 1, query, slots] mask for decoding over a preallocated cache.
 
     The `query_len` new tokens occupy slots `write_index ...` (a scalar, or one
     index per row); each sees the valid slots (`key_valid` [batch, slots], False
     for padding) up to its own. Slots past a row's own write position are masked,
-    so whatever an earlier request left there is never read.
+    so whatever an earlier request left there is never read. With
+    `sliding_window` W, slots W or more before a token's own are masked too
+    (a row's tokens sit in consecutive slots, so slot distance is token distance).
     """
     slots = jnp.arange(key_valid.shape[1])
     queries = query_slots(write_index, query_len)
     causal = slots <= queries[..., None]  # [query, slots] or [batch, query, slots]
+    if sliding_window is not None:
+        causal = jnp.logical_and(causal, slots > queries[..., None] - sliding_window)
     causal = causal[None, None] if causal.ndim == 2 else causal[:, None]
     return jnp.logical_and(key_valid[:, None, None, :], causal)
 
@@ -102,28 +113,31 @@ class SelfAttention(nnx.Module):
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  use_bias: bool, init_std: float, out_init_std: float, impl: str,
                  param_dtype: jnp.dtype, rngs: nnx.Rngs, scale_queries: bool = True,
-                 dense: DenseFactory = Dense):
+                 dense: DenseFactory = Dense, qkv_bias: bool | None = None):
         self.scale_queries = scale_queries
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
         self.impl = impl
         common = dict(use_bias=use_bias, param_dtype=param_dtype, rngs=rngs)
+        # `qkv_bias` (Qwen2): biases on q, k, v only; None follows `use_bias`.
+        projection = dict(common, use_bias=use_bias if qkv_bias is None else qkv_bias)
         self.query = dense((embed_dim,), (num_heads, head_dim), (axes.EMBED,),
-                           (axes.HEADS, axes.KV), init_std=init_std, **common)
+                           (axes.HEADS, axes.KV), init_std=init_std, **projection)
         self.key = dense((embed_dim,), (num_kv_heads, head_dim), (axes.EMBED,),
-                         (axes.KV_HEADS, axes.KV), init_std=init_std, **common)
+                         (axes.KV_HEADS, axes.KV), init_std=init_std, **projection)
         self.value = dense((embed_dim,), (num_kv_heads, head_dim), (axes.EMBED,),
-                           (axes.KV_HEADS, axes.KV), init_std=init_std, **common)
+                           (axes.KV_HEADS, axes.KV), init_std=init_std, **projection)
         self.out = dense((num_heads, head_dim), (embed_dim,), (axes.HEADS, axes.KV),
                          (axes.EMBED,), init_std=out_init_std, **common)
 
     def __call__(self, x: jax.Array, *, positions: jax.Array, segment_ids: jax.Array | None,
-                 rope_theta: float | None, shard: axes.ActivationSharder,
+                 rope_theta: float | Rope | None, shard: axes.ActivationSharder,
                  dropout_rate: float = 0.0, dropout_key: jax.Array | None = None,
                  causal: bool = True, context: jax.Array | None = None,
                  context_segment_ids: jax.Array | None = None,
-                 bias: jax.Array | None = None) -> jax.Array:
+                 bias: jax.Array | None = None,
+                 sliding_window: int | None = None) -> jax.Array:
         """Attends from `x` to itself, or to `context` (cross-attention).
 
         Args:
@@ -146,7 +160,7 @@ class SelfAttention(nnx.Module):
             k = apply_rope(k, positions, rope_theta)
         probs_key, out_key = split_key(dropout_key, 2)
         mask = attention_mask(segment_ids, key_segments, x.shape[1], source.shape[1],
-                              causal=causal)
+                              causal=causal, sliding_window=sliding_window)
         if self.impl == "cudnn" and (dropout_key is None or dropout_rate == 0.0):
             scale = None if self.scale_queries else 1.0
             y = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
@@ -161,7 +175,7 @@ class SelfAttention(nnx.Module):
 
     def attend_cached(self, x: jax.Array, *, keys: jax.Array, values: jax.Array,
                       write_index: jax.Array, mask: jax.Array, positions: jax.Array,
-                      rope_theta: float | None, shard: axes.ActivationSharder,
+                      rope_theta: float | Rope | None, shard: axes.ActivationSharder,
                       bias: jax.Array | None = None,
                       read_len: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Self-attention of new tokens `x` [batch, t, embed] over a KV cache.

@@ -14,11 +14,13 @@ from typing import Literal
 import jax.numpy as jnp
 
 from llmos_jax.errors import UserError
+from llmos_jax.models.embeddings import Rope
 
 PositionEmbedding = Literal["learned", "rope", "none"]
 NormKind = Literal["layernorm", "rmsnorm"]
 MlpActivation = Literal["gelu", "gelu_exact", "relu", "silu", "swiglu", "geglu"]
 RematPolicy = Literal["none", "full", "dots", "dots_with_no_batch_dims"]
+RopeScaling = Literal["none", "linear", "llama3"]
 
 _CHOICES = {
     "position_embedding": ("learned", "rope", "none"),
@@ -27,6 +29,7 @@ _CHOICES = {
     "remat_policy": ("none", "full", "dots", "dots_with_no_batch_dims"),
     "dtype": ("float32", "bfloat16", "float16"),
     "param_dtype": ("float32", "bfloat16"),
+    "rope_scaling": ("none", "linear", "llama3"),
 }
 
 GATED_ACTIVATIONS = ("swiglu", "geglu")
@@ -48,6 +51,21 @@ class TransformerConfig:
       max_len: Longest sequence; sizes the learned position table.
       position_embedding: "learned" (GPT-2), "rope" (rotary) or "none".
       rope_theta: RoPE base frequency.
+      rope_scaling: Context extension of RoPE: "none", "linear" (positions
+        divided by `rope_scaling_factor`) or "llama3" (Llama 3.1's
+        per-frequency scaling, with `rope_low_freq_factor`,
+        `rope_high_freq_factor` and `rope_original_max_len`).
+      rope_scaling_factor: How much longer the extended context is.
+      rope_low_freq_factor, rope_high_freq_factor, rope_original_max_len:
+        Llama 3's band edges: wavelengths above `original_max_len /
+        low_freq_factor` are scaled fully, those below `original_max_len /
+        high_freq_factor` not at all, those between smoothly.
+      sliding_window: Each token attends to at most this many tokens (itself
+        included), in training and decoding (Mistral); None: all before it.
+      qkv_bias: Biases on the query, key and value projections only (Qwen2);
+        None follows `use_bias`.
+      scale_embeddings: Multiply token embeddings by sqrt(embed_dim) before
+        the first block (Gemma); the tied output projection is not scaled.
       norm: "layernorm" (GPT-2) or "rmsnorm".
       norm_eps: Epsilon of the norms.
       mlp_activation: "gelu" (tanh approximation, GPT-2), "gelu_exact",
@@ -84,6 +102,14 @@ class TransformerConfig:
     max_len: int = 256
     position_embedding: PositionEmbedding = "learned"
     rope_theta: float = 10_000.0
+    rope_scaling: RopeScaling = "none"
+    rope_scaling_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
+    sliding_window: int | None = None
+    qkv_bias: bool | None = None
+    scale_embeddings: bool = False
     norm: NormKind = "layernorm"
     norm_eps: float = 1e-5
     mlp_activation: MlpActivation = "gelu"
@@ -134,12 +160,39 @@ class TransformerConfig:
             )
         if self.position_embedding == "rope" and self.head_dim % 2:
             raise UserError(f"RoPE needs an even head_dim, got head_dim={self.head_dim}.")
+        if self.rope_scaling != "none" and self.rope_scaling_factor <= 0:
+            raise UserError("TransformerConfig.rope_scaling_factor must be positive, got "
+                            f"{self.rope_scaling_factor}.")
+        if self.rope_scaling == "llama3" and not (
+                0 < self.rope_low_freq_factor < self.rope_high_freq_factor):
+            raise UserError(
+                "TransformerConfig.rope_low_freq_factor must be positive and below "
+                f"rope_high_freq_factor, got {self.rope_low_freq_factor} and "
+                f"{self.rope_high_freq_factor}.")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise UserError("TransformerConfig.sliding_window must be positive or None, got "
+                            f"{self.sliding_window}.")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise UserError(f"TransformerConfig.dropout_rate must be in [0, 1), got {self.dropout_rate}.")
 
     @property
     def gated_mlp(self) -> bool:
         return self.mlp_activation in GATED_ACTIVATIONS
+
+    @property
+    def qkv_biased(self) -> bool:
+        """Whether the query, key and value projections have biases."""
+        return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def rope(self) -> Rope | None:
+        """The rotary embedding of this config, or None without RoPE."""
+        if self.position_embedding != "rope":
+            return None
+        return Rope(theta=self.rope_theta, scaling=self.rope_scaling,
+                    factor=self.rope_scaling_factor, low_freq_factor=self.rope_low_freq_factor,
+                    high_freq_factor=self.rope_high_freq_factor,
+                    original_max_len=self.rope_original_max_len)
 
     @property
     def compute_dtype(self) -> jnp.dtype:

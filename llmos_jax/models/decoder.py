@@ -10,6 +10,8 @@ unrolled on CPU); each block can be rematerialised in the backward pass.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -36,11 +38,10 @@ class DecoderBlock(nnx.Module):
                  config: TransformerConfig, shard: axes.ActivationSharder,
                  dropout_key: jax.Array | None) -> jax.Array:
         attn_key, mlp_key = split_key(dropout_key, 2)
-        rope_theta = config.rope_theta if config.position_embedding == "rope" else None
         residual_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
         x = x + self.attn(self.attn_norm(x), positions=positions, segment_ids=segment_ids,
-                          rope_theta=rope_theta, shard=shard, dropout_rate=config.dropout_rate,
-                          dropout_key=attn_key)
+                          rope_theta=config.rope, shard=shard, dropout_rate=config.dropout_rate,
+                          dropout_key=attn_key, sliding_window=config.sliding_window)
         x = shard(x, residual_axes)
         x = x + self.mlp(self.mlp_norm(x), shard=shard, dropout_rate=config.dropout_rate,
                          dropout_key=mlp_key,
@@ -52,11 +53,10 @@ class DecoderBlock(nnx.Module):
                config: TransformerConfig, shard: axes.ActivationSharder,
                read_len: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """`__call__` (without dropout) for new tokens over this layer's KV cache."""
-        rope_theta = config.rope_theta if config.position_embedding == "rope" else None
         residual_axes = (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED)
         h, keys, values = self.attn.attend_cached(
             self.attn_norm(x), keys=keys, values=values, write_index=write_index, mask=mask,
-            positions=positions, rope_theta=rope_theta, shard=shard, read_len=read_len)
+            positions=positions, rope_theta=config.rope, shard=shard, read_len=read_len)
         x = shard(x + h, residual_axes)
         x = x + self.mlp(self.mlp_norm(x), shard=shard)
         return shard(x, residual_axes), keys, values
@@ -111,7 +111,7 @@ class DecoderLM(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
         embed_key, layers_key = split_key(dropout_key, 2)
-        x = self.token_embed(tokens, config.compute_dtype, self.shard)
+        x = self._embed(tokens)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions, config.compute_dtype, self.shard)
         x = dropout(x, config.dropout_rate, embed_key)
@@ -159,13 +159,14 @@ class DecoderLM(nnx.Module):
         if config.scan_layers:
             raise ValueError("DecoderLM.extend needs unstacked layers; decode through "
                              "llmos_jax.inference, which unstacks scanned parameters.")
-        x = self.token_embed(tokens, config.compute_dtype, self.shard)
+        x = self._embed(tokens)
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions, config.compute_dtype, self.shard)
         x = self.shard(x, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         if read_len is not None:
             key_valid = key_valid[:, :read_len]
-        mask = cached_attention_mask(key_valid, write_index, tokens.shape[1])
+        mask = cached_attention_mask(key_valid, write_index, tokens.shape[1],
+                                     config.sliding_window)
         new_keys, new_values = [], []
         for block, layer_keys, layer_values in zip(self.layers, keys, values):
             x, layer_keys, layer_values = block.extend(
@@ -174,6 +175,13 @@ class DecoderLM(nnx.Module):
             new_keys.append(layer_keys)
             new_values.append(layer_values)
         return self.final_norm(x), tuple(new_keys), tuple(new_values)
+
+    def _embed(self, tokens: jax.Array) -> jax.Array:
+        """Token embeddings, times sqrt(embed_dim) with `scale_embeddings` (Gemma)."""
+        x = self.token_embed(tokens, self.config.compute_dtype, self.shard)
+        if self.config.scale_embeddings:
+            x = x * jnp.asarray(math.sqrt(self.config.embed_dim), x.dtype)
+        return x
 
     def _run_layers(self, x, positions, segment_ids, key):
         config, shard = self.config, self.shard

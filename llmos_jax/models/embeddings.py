@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from llmos_jax.models import axes
@@ -55,14 +59,57 @@ def _lookup(table: jax.Array, ids: jax.Array, dtype: jnp.dtype,
     return jnp.take(table, ids, axis=0)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class Rope:
+    """Rotary embedding settings: base frequency and optional context-extension scaling.
+
+    `scaling` is "none", "linear" (every frequency divided by `factor`, i.e.
+    positions compressed) or "llama3" (Llama 3.1: low frequencies divided by
+    `factor`, high ones kept, a smooth blend between; see
+    `TransformerConfig.rope_scaling`).
+    """
+
+    theta: float
+    scaling: str = "none"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_len: int = 8192
+
+    def inverse_frequencies(self, dim: int) -> np.ndarray:
+        """float32 [dim / 2] angular frequencies of the feature pairs."""
+        exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+        freqs = (np.float32(1.0) / np.float32(self.theta) ** exponents).astype(np.float32)
+        if self.scaling == "linear":
+            return (freqs / np.float32(self.factor)).astype(np.float32)
+        if self.scaling == "llama3":
+            wavelengths = np.float32(2 * math.pi) / freqs
+            low_edge = self.original_max_len / self.low_freq_factor
+            high_edge = self.original_max_len / self.high_freq_factor
+            smooth = ((self.original_max_len / wavelengths - self.low_freq_factor)
+                      / (self.high_freq_factor - self.low_freq_factor))
+            blended = (1 - smooth) * freqs / self.factor + smooth * freqs
+            scaled = np.where(wavelengths > low_edge, freqs / self.factor, freqs)
+            medium = (wavelengths >= high_edge) & (wavelengths <= low_edge)
+            return np.where(medium, blended, scaled).astype(np.float32)
+        if self.scaling != "none":
+            raise ValueError(f"unknown RoPE scaling {self.scaling!r}")
+        return freqs
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float | Rope) -> jax.Array:
     """Rotates feature pairs of `x` [batch, length, heads, dim] by position.
 
     Uses the "rotate half" pairing (feature i with i + dim/2), as in GPT-NeoX
-    and Llama checkpoints. Angles are computed in float32.
+    and Llama checkpoints. Angles are computed in float32. `theta` is the base
+    frequency, or a `Rope` that may also scale the frequencies.
     """
     dim = x.shape[-1]
-    freqs = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    if isinstance(theta, Rope) and theta.scaling != "none":
+        freqs = jnp.asarray(theta.inverse_frequencies(dim))
+    else:
+        base = theta.theta if isinstance(theta, Rope) else theta
+        freqs = base ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
     angles = positions.astype(jnp.float32)[..., None] * freqs  # [batch, length, dim/2]
     sin = jnp.sin(angles)[:, :, None, :]
     cos = jnp.cos(angles)[:, :, None, :]

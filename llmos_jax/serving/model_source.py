@@ -12,7 +12,7 @@
    best step. Checkpoints alone are not served: they carry no vocabulary
    (a finished run writes `export/`).
 3. **A Hugging Face folder**: `config.json` and `model.safetensors`, converted
-   by `llmos_jax.convert` (GPT-2 and T5 today), with `tokenizer.json`
+   by `llmos_jax.convert` (GPT-2, Llama, Mistral, Qwen2, Gemma, T5), with `tokenizer.json`
    (`tokenizers`) and the chat template of `chat_template.jinja` or
    `tokenizer_config.json`.
 

@@ -111,7 +111,7 @@ def hf_model_config(directory: str, **overrides: Any) -> TransformerConfig:
       **overrides: Fields config.json does not fix (`scan_layers`,
         `dropout_rate`, `dtype`...); for BERT also `pooler`.
     """
-    from llmos_jax.convert import bert, gpt2, hf_checkpoint, hf_models, t5
+    from llmos_jax.convert import bert, gpt2, hf_checkpoint, hf_models, llama, t5
 
     path = resolve_path(directory, "hf_model_config.directory")
     hf_config = hf_checkpoint.read_config(path)
@@ -124,6 +124,8 @@ def hf_model_config(directory: str, **overrides: Any) -> TransformerConfig:
         return t5.config_from_hf(hf_config, **overrides)
     if model_type == gpt2.MODEL_TYPE:
         return gpt2.config_from_hf(hf_config, **overrides)
+    if model_type in llama.MODEL_TYPES:
+        return llama.config_from_hf(hf_config, **overrides)
     raise UserError(f"hf_model_config.directory={directory!r} has model_type={model_type!r}; "
                     f"supported: {', '.join(hf_models.supported_model_types())}.")
 
