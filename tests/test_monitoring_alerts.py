@@ -12,8 +12,10 @@ import http.server
 import json
 import math
 import pathlib
+import re
 import threading
 import time
+import urllib.request
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +27,9 @@ from llmos_jax.monitoring.alert_delivery import (ALERTS_FILENAME, Alert, AlertDi
 from llmos_jax.training.alert_hooks import EvalRegressionAlerts, MetricAlerts, StallWatchdogHook
 from llmos_jax.training.alert_rules import (Alerting, EvalRegression, GradNormSpike, LossSpike,
                                             NonFinite, StallWatchdog, ThroughputDrop)
-from llmos_jax.training.hooks import Schedule, StepContext, Throughput
+from llmos_jax.monitoring.metrics_writer import MetricsWriter
+from llmos_jax.training.hooks import Schedule, StepContext, Throughput, run_due
+from llmos_jax.training.run_monitoring import RunMonitoring
 from llmos_jax.training.spike_statistics import guard_step, initial_statistics
 from llmos_jax.training.train_state import TrainState
 
@@ -186,6 +190,24 @@ def test_stall_watchdog_fires_from_its_thread_and_dumps_stacks(tmp_path):
         assert "test_stall_watchdog_fires_from_its_thread" in stacks  # the main thread's frame
     finally:
         hook.close()
+
+
+def test_metrics_endpoint_stamps_every_step_not_only_logged_ones(tmp_path):
+    """The stalled-training alert compares this stamp with one step's time."""
+    monitoring = RunMonitoring(None, metrics_port=0, model_dir=tmp_path,
+                               writer=MetricsWriter(tmp_path, enabled=False),
+                               logged=Schedule(every=100, at_last=False), request_stop=lambda: None,
+                               eval_metrics=dict, flops_per_token=None, peak_flops=0.0)
+    with monitoring:
+        url = f"http://127.0.0.1:{monitoring.exporter.port}/metrics"
+        hooks = (*monitoring.first_hooks, *monitoring.last_hooks)
+        for step in (1, 2, 3):  # none of them logged (metrics=None: nothing is fetched)
+            before = time.time()
+            run_due(hooks, context(step, None, FakeClockThroughput()))
+            page = urllib.request.urlopen(url).read().decode()
+            values = dict(re.findall(r"^(llmos_train_[a-z_]+) (\S+)$", page, re.M))
+            assert float(values["llmos_train_step"]) == step
+            assert before <= float(values["llmos_train_last_step_timestamp_seconds"]) <= time.time()
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):

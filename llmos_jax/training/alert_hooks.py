@@ -7,6 +7,10 @@
   split of `metrics.jsonl`/TensorBoard.
 - `EvalRegressionAlerts` (every step, after the evaluation hooks): a new
   evaluation worse than the best so far.
+- `StepStamp` (every step, with the Prometheus endpoint): stamps the host
+  time of each finished step, which the `LlmosTrainingStalled` alert
+  compares with one step's time (a stamp only at logged steps would age by
+  `log_every` steps between logs).
 - `StallWatchdogHook`: each step stamps the time; a daemon thread fires when
   no step finished within the rule's limit, dumps every thread's stack and,
   with "stop", asks the loop to save and stop.
@@ -45,6 +49,21 @@ log = logging.getLogger("llmos_jax.alerts")
 STALL_STACKS_FILENAME = "stall_stacks.txt"
 ALERTS_SPLIT = "alerts"
 _NON_FINITE_SIGNALS = ("loss", "grad_norm", "param_norm")
+
+
+class StepStamp:
+    """Tells the Prometheus endpoint that a step finished (host clock, no device fetch)."""
+
+    schedule = Schedule(every=1)
+
+    def __init__(self, exporter: TrainMetricsExporter):
+        self._exporter = exporter
+
+    def on_step(self, context: StepContext) -> None:
+        self._exporter.mark_step(context.step)
+
+    def on_end(self, context: StepContext) -> None:
+        pass
 
 
 class MetricAlerts:

@@ -16,7 +16,8 @@ from typing import Callable, Mapping
 
 from llmos_jax.monitoring.alert_delivery import AlertDispatcher, WebhookSender
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
-from llmos_jax.training.alert_hooks import EvalRegressionAlerts, MetricAlerts, StallWatchdogHook
+from llmos_jax.training.alert_hooks import (EvalRegressionAlerts, MetricAlerts,
+                                            StallWatchdogHook, StepStamp)
 from llmos_jax.training.alert_rules import (EXIT_CODE_ALERT_STOP, EXIT_CODE_STALLED, Alerting,
                                             EvalRegression, StallWatchdog)
 from llmos_jax.training.hooks import Schedule, TrainHook
@@ -69,6 +70,8 @@ class RunMonitoring:
         self._watchdog: StallWatchdogHook | None = None
         if alerting is None and self.exporter is None:
             return
+        if self.exporter is not None:
+            self.first_hooks.append(StepStamp(self.exporter))
         rules = alerting if alerting is not None else Alerting(rules=())
         self._metric_alerts = MetricAlerts(logged, rules, self.dispatcher, self._stop,
                                            exporter=self.exporter, writer=writer,
