@@ -11,8 +11,11 @@ from __future__ import annotations
 import http.server
 import json
 import math
+import os
 import pathlib
 import re
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -190,6 +193,39 @@ def test_stall_watchdog_fires_from_its_thread_and_dumps_stacks(tmp_path):
         assert "test_stall_watchdog_fires_from_its_thread" in stacks  # the main thread's frame
     finally:
         hook.close()
+
+
+# A stalled run with the "stop" action: the stall fires after step 10 (0.5 s limit), the
+# run then reaches step 11 (the loop's save-and-stop step), whose save outlasts the 1 s
+# grace. The forced exit (status 75) must not cut that save short.
+STALL_THEN_SLOW_SAVE = """
+import sys, time
+from llmos_jax.monitoring.alert_delivery import AlertDispatcher
+from llmos_jax.training.alert_hooks import StallWatchdogHook
+from llmos_jax.training.alert_rules import StallWatchdog
+from llmos_jax.training.hooks import StepContext, Throughput
+stops = []
+hook = StallWatchdogHook(StallWatchdog(min_seconds=0.5, min_history=5, poll_seconds=0.05,
+                                       actions=("stop",), stop_grace_seconds=1.0),
+                         AlertDispatcher(None), lambda rule, step: stops.append(step), None)
+def step(n):
+    hook.on_step(StepContext(step=n, state=None, metrics=None, last=False, stopping=False,
+                             throughput=Throughput(1)))
+for n in range(1, 11):
+    step(n)
+while not stops:
+    time.sleep(0.05)
+step(11)
+time.sleep(3.0)  # the save
+hook.close()
+print("SAVED", stops[0])
+"""
+
+
+def test_a_stall_stop_does_not_force_an_exit_during_the_final_save():
+    result = subprocess.run([sys.executable, "-c", STALL_THEN_SLOW_SAVE], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert (result.returncode, result.stdout.strip()) == (0, "SAVED 10"), result.stderr
 
 
 def test_metrics_endpoint_stamps_every_step_not_only_logged_ones(tmp_path):

@@ -234,10 +234,16 @@ class StallWatchdogHook:
         self._thread: threading.Thread | None = None
         self._fired_at_step: int | None = None
         self._exit_timer: threading.Timer | None = None
+        self._stop_armed = False  # a forced exit is armed once, for the first stalled step
 
     def on_step(self, context: StepContext) -> None:
         with self._lock:
             self._stamps.append((time.monotonic(), context.step))
+            if self._exit_timer is not None:
+                # The run moved past the stalled step: the loop saves and stops here,
+                # however long the save takes, so no forced exit may cut the save short.
+                self._exit_timer.cancel()
+                self._exit_timer = None
         if self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="llmos-stall-watchdog",
                                             daemon=True)
@@ -278,9 +284,15 @@ class StallWatchdogHook:
             actions=rule.actions, cooldown_steps=rule.cooldown_steps)
         if fired and "stop" in rule.actions:
             self._request_stop(rule.name, step)
-            self._exit_timer = threading.Timer(rule.stop_grace_seconds, self._exit_unsaved)
-            self._exit_timer.daemon = True
-            self._exit_timer.start()
+            with self._lock:
+                if self._stop_armed or self._stamps[-1][1] != step:
+                    # A step finished since (maybe its final save is what takes long
+                    # now): the loop saves and stops by itself.
+                    return
+                self._stop_armed = True
+                self._exit_timer = threading.Timer(rule.stop_grace_seconds, self._exit_unsaved)
+                self._exit_timer.daemon = True
+                self._exit_timer.start()
 
     def _exit_unsaved(self) -> None:
         log.error("the stalled run did not reach another step within %.0fs; exiting with "
