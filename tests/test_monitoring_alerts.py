@@ -228,6 +228,21 @@ def test_a_stall_stop_does_not_force_an_exit_during_the_final_save():
     assert (result.returncode, result.stdout.strip()) == (0, "SAVED 10"), result.stderr
 
 
+@pytest.mark.parametrize("first_host", [True, False])
+def test_only_the_first_host_logs_an_alert(tmp_path, caplog, first_host):
+    """Every host checks the rules; an N-host run logs each alert once, not N times."""
+    monitoring = RunMonitoring(Alerting(rules=(NonFinite(),)), metrics_port=None,
+                               model_dir=tmp_path if first_host else None,
+                               writer=MetricsWriter(tmp_path, enabled=False),
+                               logged=Schedule(every=1), request_stop=lambda: None,
+                               eval_metrics=dict, flops_per_token=None, peak_flops=0.0)
+    with caplog.at_level("WARNING", logger="llmos_jax.alerts"), monitoring:
+        run_due(tuple(monitoring.first_hooks),
+                context(5, healthy_metrics(loss=math.nan), FakeClockThroughput()))
+    assert [a.rule for a in monitoring.dispatcher.delivered] == ["non_finite"]
+    assert ("ALERT non_finite at step 5" in caplog.text) == first_host
+
+
 def test_metrics_endpoint_stamps_every_step_not_only_logged_ones(tmp_path):
     """The stalled-training alert compares this stamp with one step's time."""
     monitoring = RunMonitoring(None, metrics_port=0, model_dir=tmp_path,

@@ -62,7 +62,9 @@ class RunMonitoring:
             webhook = WebhookSender(alerting.webhook_url, body_format=alerting.webhook_format,
                                     timeout_s=alerting.webhook_timeout_s,
                                     queue_size=alerting.webhook_queue_size)
-        self.dispatcher = AlertDispatcher(model_dir, webhook=webhook)
+        # Every host checks the rules (each must stop when told); only the first reports.
+        self.dispatcher = AlertDispatcher(model_dir, webhook=webhook,
+                                          log_alerts=model_dir is not None)
         if self.exporter is not None:
             self.dispatcher.add_listener(lambda alert: self.exporter.count_alert(alert.rule))
         self.first_hooks: list[TrainHook] = []
