@@ -44,6 +44,8 @@ def test_tpu_pod_is_one_gcloud_command_for_all_workers(capsys):
                         "--zone=us-central2-b", "--project=lab", "--worker=all"]
     assert argv[9] == "--command"
     remote = argv[10]
+    # ssh gets a terminal: stopping gcloud hangs up (SIGHUP) every worker's llmos train.
+    assert argv[11:] == ["--", "-tt"]
     assert remote.startswith("cd ~/llmos_jax && JAX_PLATFORMS=tpu llmos train ")
     assert shlex.split(remote.partition(" && ")[2]) == [
         "JAX_PLATFORMS=tpu", "llmos", *TRAIN, "--distributed=true"]
@@ -56,8 +58,10 @@ def test_gpu_hosts_get_one_ssh_each_with_the_coordinator_and_their_id(capsys):
     assert [line for line in lines if line.startswith("#")] == [
         "# [0] me@gpu-0", "# [1] gpu-1", "# [2] gpu-2"]
     for index, (host, line) in enumerate(zip(["me@gpu-0", "gpu-1", "gpu-2"], lines[1::2])):
-        ssh, destination, remote = shlex.split(line)
-        assert (ssh, destination) == ("ssh", host)
+        ssh, tty, destination, remote = shlex.split(line)
+        # -tt: the remote command has a terminal, so stopping this ssh hangs it up
+        # (SIGHUP) instead of leaving `llmos train` running on the host.
+        assert (ssh, tty, destination) == ("ssh", "-tt", host)
         assert shlex.split(remote) == ["python", "-m", "llmos_jax", *TRAIN,
                                        "--coordinator_address=gpu-0:9000", "--num_processes=3",
                                        f"--process_id={index}"]
