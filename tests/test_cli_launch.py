@@ -11,7 +11,10 @@ on tiny Python processes.
 from __future__ import annotations
 
 import io
+import os
 import shlex
+import socket
+import subprocess
 import sys
 
 import pytest
@@ -41,6 +44,8 @@ def test_tpu_pod_is_one_gcloud_command_for_all_workers(capsys):
                         "--zone=us-central2-b", "--project=lab", "--worker=all"]
     assert argv[9] == "--command"
     remote = argv[10]
+    # ssh gets a terminal: stopping gcloud hangs up (SIGHUP) every worker's llmos train.
+    assert argv[11:] == ["--", "-tt"]
     assert remote.startswith("cd ~/llmos_jax && JAX_PLATFORMS=tpu llmos train ")
     assert shlex.split(remote.partition(" && ")[2]) == [
         "JAX_PLATFORMS=tpu", "llmos", *TRAIN, "--distributed=true"]
@@ -53,8 +58,10 @@ def test_gpu_hosts_get_one_ssh_each_with_the_coordinator_and_their_id(capsys):
     assert [line for line in lines if line.startswith("#")] == [
         "# [0] me@gpu-0", "# [1] gpu-1", "# [2] gpu-2"]
     for index, (host, line) in enumerate(zip(["me@gpu-0", "gpu-1", "gpu-2"], lines[1::2])):
-        ssh, destination, remote = shlex.split(line)
-        assert (ssh, destination) == ("ssh", host)
+        ssh, tty, destination, remote = shlex.split(line)
+        # -tt: the remote command has a terminal, so stopping this ssh hangs it up
+        # (SIGHUP) instead of leaving `llmos train` running on the host.
+        assert (ssh, tty, destination) == ("ssh", "-tt", host)
         assert shlex.split(remote) == ["python", "-m", "llmos_jax", *TRAIN,
                                        "--coordinator_address=gpu-0:9000", "--num_processes=3",
                                        f"--process_id={index}"]
@@ -160,3 +167,40 @@ def test_run_group_prefixes_output_and_stops_the_others_when_one_fails():
     sleeper = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
     failing = [sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(3)"]
     assert run_group([sleeper, failing], out=out, poll_s=0.05) == 3
+
+
+
+
+
+# `llmos train` with the real gin parsing and registry look-up, and a trainer that only says
+# it was called (the test is about what happens before training).
+TRAIN_UNTIL_THE_TRAINER = """
+import sys
+from llmos_jax.cli.main import main
+from llmos_jax.cli.train_command import train_command
+command = train_command(lambda **kwargs: print("TRAINED"),
+                        configurable_modules=("llmos_jax.training.trainer",))
+sys.exit(main(sys.argv[1:], commands={"train": command}))
+"""
+
+
+@pytest.mark.slow
+def test_a_host_missing_the_warm_start_version_fails_before_joining(tmp_path):
+    """Process 0 of 2 whose registry lacks `models:/absent@champion` stops with that reason
+    before it joins: joining first would leave it, and every other host, waiting."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "LLMOS_HOME": str(tmp_path / "home"), "JAX_PLATFORMS": "cpu"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    (tmp_path / "run.gin").write_text("InitFrom.checkpoint = 'models:/absent@champion'\n")
+    argv = [sys.executable, "-c", TRAIN_UNTIL_THE_TRAINER, "train",
+            f"--gin_file={tmp_path / 'run.gin'}", f"--model_dir={tmp_path / 'run'}",
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=0"]
+    try:
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("llmos train joined the run (and waited for process 1) before it "
+                    "looked the warm-start version up")
+    assert result.returncode != 0 and "TRAINED" not in result.stdout
+    assert "no registered model 'absent'" in result.stderr

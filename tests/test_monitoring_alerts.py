@@ -11,9 +11,14 @@ from __future__ import annotations
 import http.server
 import json
 import math
+import os
 import pathlib
+import re
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +27,12 @@ import pytest
 
 from llmos_jax.monitoring.alert_delivery import (ALERTS_FILENAME, Alert, AlertDispatcher,
                                                  WebhookSender, read_alerts)
+from llmos_jax.monitoring.metrics_writer import MetricsWriter
 from llmos_jax.training.alert_hooks import EvalRegressionAlerts, MetricAlerts, StallWatchdogHook
 from llmos_jax.training.alert_rules import (Alerting, EvalRegression, GradNormSpike, LossSpike,
                                             NonFinite, StallWatchdog, ThroughputDrop)
-from llmos_jax.training.hooks import Schedule, StepContext, Throughput
+from llmos_jax.training.hooks import Schedule, StepContext, Throughput, run_due
+from llmos_jax.training.run_monitoring import RunMonitoring
 from llmos_jax.training.spike_statistics import guard_step, initial_statistics
 from llmos_jax.training.train_state import TrainState
 
@@ -169,23 +176,92 @@ def test_eval_regression_by_direction(tmp_path):
 def test_stall_watchdog_fires_from_its_thread_and_dumps_stacks(tmp_path):
     dispatcher = AlertDispatcher(tmp_path)
     stops = []
-    hook = StallWatchdogHook(StallWatchdog(multiple=3, min_seconds=0.3, min_history=5,
+    hook = StallWatchdogHook(StallWatchdog(multiple=3, min_seconds=2.0, min_history=5,
                                            poll_seconds=0.05, actions=("file", "stop"),
                                            stop_grace_seconds=60),
                              dispatcher, lambda rule, step: stops.append((rule, step)), tmp_path)
     throughput = FakeClockThroughput()
     try:
-        for step in range(1, 11):  # 10 ms steps: quiet
+        for step in range(1, 11):  # 10 ms steps: quiet (a loaded machine may pause a second)
             hook.on_step(context(step, None, throughput))
             time.sleep(0.01)
+        last_step = time.monotonic()
         assert dispatcher.delivered == []
-        time.sleep(1.0)  # no step for > max(3 x 10 ms, 0.3 s)
+        while not dispatcher.delivered and time.monotonic() - last_step < 30:
+            time.sleep(0.05)  # no step for > max(3 x 10 ms, 2 s)
+        assert time.monotonic() - last_step >= 2.0  # not before the limit
         assert [(a.rule, a.step) for a in dispatcher.delivered] == [("stall", 10)]
         assert stops == [("stall", 10)]
         stacks = (tmp_path / "stall_stacks.txt").read_text()
         assert "test_stall_watchdog_fires_from_its_thread" in stacks  # the main thread's frame
     finally:
         hook.close()
+
+
+# A stalled run with the "stop" action: the stall fires after step 10 (0.5 s limit), the
+# run then reaches step 11 (the loop's save-and-stop step), whose save outlasts the 1 s
+# grace. The forced exit (status 75) must not cut that save short.
+STALL_THEN_SLOW_SAVE = """
+import sys, time
+from llmos_jax.monitoring.alert_delivery import AlertDispatcher
+from llmos_jax.training.alert_hooks import StallWatchdogHook
+from llmos_jax.training.alert_rules import StallWatchdog
+from llmos_jax.training.hooks import StepContext, Throughput
+stops = []
+hook = StallWatchdogHook(StallWatchdog(min_seconds=0.5, min_history=5, poll_seconds=0.05,
+                                       actions=("stop",), stop_grace_seconds=1.0),
+                         AlertDispatcher(None), lambda rule, step: stops.append(step), None)
+def step(n):
+    hook.on_step(StepContext(step=n, state=None, metrics=None, last=False, stopping=False,
+                             throughput=Throughput(1)))
+for n in range(1, 11):
+    step(n)
+while not stops:
+    time.sleep(0.05)
+step(11)
+time.sleep(3.0)  # the save
+hook.close()
+print("SAVED", stops[0])
+"""
+
+
+def test_a_stall_stop_does_not_force_an_exit_during_the_final_save():
+    result = subprocess.run([sys.executable, "-c", STALL_THEN_SLOW_SAVE], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert (result.returncode, result.stdout.strip()) == (0, "SAVED 10"), result.stderr
+
+
+@pytest.mark.parametrize("first_host", [True, False])
+def test_only_the_first_host_logs_an_alert(tmp_path, caplog, first_host):
+    """Every host checks the rules; an N-host run logs each alert once, not N times."""
+    monitoring = RunMonitoring(Alerting(rules=(NonFinite(),)), metrics_port=None,
+                               model_dir=tmp_path if first_host else None,
+                               writer=MetricsWriter(tmp_path, enabled=False),
+                               logged=Schedule(every=1), request_stop=lambda: None,
+                               eval_metrics=dict, flops_per_token=None, peak_flops=0.0)
+    with caplog.at_level("WARNING", logger="llmos_jax.alerts"), monitoring:
+        run_due(tuple(monitoring.first_hooks),
+                context(5, healthy_metrics(loss=math.nan), FakeClockThroughput()))
+    assert [a.rule for a in monitoring.dispatcher.delivered] == ["non_finite"]
+    assert ("ALERT non_finite at step 5" in caplog.text) == first_host
+
+
+def test_metrics_endpoint_stamps_every_step_not_only_logged_ones(tmp_path):
+    """The stalled-training alert compares this stamp with one step's time."""
+    monitoring = RunMonitoring(None, metrics_port=0, model_dir=tmp_path,
+                               writer=MetricsWriter(tmp_path, enabled=False),
+                               logged=Schedule(every=100, at_last=False), request_stop=lambda: None,
+                               eval_metrics=dict, flops_per_token=None, peak_flops=0.0)
+    with monitoring:
+        url = f"http://127.0.0.1:{monitoring.exporter.port}/metrics"
+        hooks = (*monitoring.first_hooks, *monitoring.last_hooks)
+        for step in (1, 2, 3):  # none of them logged (metrics=None: nothing is fetched)
+            before = time.time()
+            run_due(hooks, context(step, None, FakeClockThroughput()))
+            page = urllib.request.urlopen(url).read().decode()
+            values = dict(re.findall(r"^(llmos_train_[a-z_]+) (\S+)$", page, re.M))
+            assert float(values["llmos_train_step"]) == step
+            assert before <= float(values["llmos_train_last_step_timestamp_seconds"]) <= time.time()
 
 
 class Receiver(http.server.BaseHTTPRequestHandler):
@@ -228,15 +304,17 @@ def test_webhook_posts_slack_and_json_bodies(tmp_path, receiver):
 
 def test_a_hanging_webhook_never_blocks_the_caller(tmp_path, receiver):
     handler, url = receiver
-    handler.hang = 3.0
+    handler.hang = 10.0
     sender = WebhookSender(url, timeout_s=0.5, queue_size=2)
     dispatcher = AlertDispatcher(tmp_path, webhook=sender)
     started = time.perf_counter()
     for step in range(20):
         dispatcher.fire(Alert("stall", step, "stalled", 1.0, 0.5), actions=("file", "webhook"),
                         cooldown_steps=0)
-    assert time.perf_counter() - started < 0.5
+    # Far below the 10 s a blocking send would take (generous for a loaded machine).
+    assert time.perf_counter() - started < 2.0
+    closing = time.perf_counter()
     dispatcher.close()
-    assert time.perf_counter() - started < 2.0  # close waits at most about one timeout
+    assert time.perf_counter() - closing < 4.0  # about one 0.5 s timeout, not the 10 s hang
     assert sender.dropped >= 15 and sender.sent == 0
     assert len((tmp_path / ALERTS_FILENAME).read_text().splitlines()) == 20

@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -111,11 +112,16 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_
     assert stderr.count("is unreachable") == 1, stderr[-3000:]
     assert "MLflow was unreachable at the end of training" in stderr
     records = [json.loads(line) for line in (model_dir / "metrics.jsonl").open()]
-    times = [r["time"] for r in records if r["split"] == "train" and r["time"] >= killed_at]
+    train_times = [r["time"] for r in records if r["split"] == "train"]
+    before = [t for t in train_times if t < killed_at]
+    times = [t for t in train_times if t >= killed_at]
+    # The run's own pace (a loaded machine slows everything alike): the median interval
+    # between logged steps while the server was up.
+    pace = statistics.median(b - a for a, b in zip(before, before[1:]))
     # The loop never waits for the dead server: no step after the kill took long, and the
     # end of training waited seconds, not MLflow's default minutes of retries.
-    assert all(b - a < 15 for a, b in zip(times, times[1:])), times
-    assert exited_at - records[-1]["time"] < 60
+    assert all(b - a < 15 + 10 * pace for a, b in zip(times, times[1:])), (pace, times)
+    assert exited_at - records[-1]["time"] < 60 + 20 * pace, pace
 
     run_id = json.loads((model_dir / "mlflow_run.json").read_text())["run_id"]
     server.start()  # Back, with the same database: the resumed run continues the same run.

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import time
 
 import gin
 import jax
@@ -95,3 +96,21 @@ def test_host_metrics_are_fetched_once_and_copied():
     first = context.host_metrics()
     first["loss"] = 0.0  # A hook changing its copy changes no other hook's values.
     assert context.host_metrics() == {"loss": 2.5}
+
+
+def test_throughput_after_a_save_counts_only_the_steps_timed():
+    """A save mid-interval: tokens/s covers the steps after it, not steps with no time."""
+    throughput = Throughput(tokens_per_step=100)
+    for _ in range(5):  # steps before the save (their time is lost with the save's)
+        time.sleep(0.02)
+        throughput.count_step()
+    time.sleep(0.2)  # the save
+    throughput.exclude_until_now()
+    started = time.perf_counter()
+    for _ in range(5):
+        time.sleep(0.02)
+        throughput.count_step()
+    seconds_per_step, tokens_per_second = throughput.report()
+    elapsed = time.perf_counter() - started
+    assert tokens_per_second == pytest.approx(500 / elapsed, rel=0.2)
+    assert seconds_per_step == pytest.approx(elapsed / 5, rel=0.2)

@@ -59,7 +59,9 @@ def tpu_pod_commands(name: str, zone: str, llmos_args: Sequence[str], *,
     argv = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", name, f"--zone={zone}"]
     if project:
         argv.append(f"--project={project}")
-    argv += ["--worker=all", "--command", line]
+    # `-- -tt`: ssh gives each worker's command a terminal, so stopping this gcloud
+    # (SIGTERM, Ctrl-C) hangs the terminal up and the remote `llmos train` gets SIGHUP.
+    argv += ["--worker=all", "--command", line, "--", "-tt"]
     return [HostCommand(f"{name} (all workers)", tuple(argv))]
 
 
@@ -72,8 +74,13 @@ def distributed_args(coordinator: str, num_processes: int, process_id: int) -> l
 def ssh_host_commands(hosts: Sequence[str], llmos_args: Sequence[str], *,
                       port: int = DEFAULT_PORT, program: Sequence[str] = ("llmos",),
                       workdir: str | None = None, env: Mapping[str, str] | None = None,
-                      ssh: Sequence[str] = ("ssh",)) -> list[HostCommand]:
-    """One `ssh HOST '...'` per host; the first host is process 0 and the coordinator."""
+                      ssh: Sequence[str] = ("ssh", "-tt")) -> list[HostCommand]:
+    """One `ssh -tt HOST '...'` per host; the first host is process 0 and the coordinator.
+
+    `-tt` gives the remote command a terminal: when the local ssh is stopped
+    (SIGTERM from `run_group`, Ctrl-C), the remote side is hung up and
+    `llmos train` gets SIGHUP instead of running on unattended.
+    """
     coordinator = f"{_address_host(hosts[0])}:{port}"
     commands = []
     for process_id, host in enumerate(hosts):

@@ -33,8 +33,9 @@ def run_group(commands: Sequence[Sequence[str]], *, env: Mapping[str, str] | Non
     readers: list[threading.Thread] = []
     try:
         for index, argv in enumerate(commands):
+            # No stdin: several `ssh -tt` must not share (and garble) this terminal.
             proc = subprocess.Popen(list(argv), env=None if env is None else dict(env),
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, bufsize=1, errors="replace")
             procs.append(proc)
             reader = threading.Thread(target=_copy_lines, args=(proc, f"[{index}] ", out, lock),

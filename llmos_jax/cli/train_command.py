@@ -130,16 +130,20 @@ def _run_train(
         binding_sources=sources,
         configurable_modules=configurable_modules,
     )
-    # Before the trainer touches a device: every host joins, then all train together.
-    distributed.initialize(settings)
     from llmos_jax.cli import model_uris, run_tracking
 
-    model_uris.resolve_init_from()  # train.init_from = 'models:/NAME@ALIAS'
-    hooks = run_tracking.tracking_hooks(model_dir, track_flag=flags.boolean("track"))
-    if train_fn is None:
-        train_fn = importlib.import_module("llmos_jax.training.trainer").train
-    train_fn(model_dir=model_dir, **({"hooks": hooks} if hooks else {}))
-    distributed.shutdown(settings)
+    # train.init_from = 'models:/NAME@ALIAS'. Before joining (it needs no JAX): a host
+    # whose registry lacks the version fails alone instead of leaving the others waiting.
+    model_uris.resolve_init_from()
+    # Before the trainer touches a device: every host joins, then all train together.
+    distributed.initialize(settings)
+    try:
+        hooks = run_tracking.tracking_hooks(model_dir, track_flag=flags.boolean("track"))
+        if train_fn is None:
+            train_fn = importlib.import_module("llmos_jax.training.trainer").train
+        train_fn(model_dir=model_dir, **({"hooks": hooks} if hooks else {}))
+    finally:  # also when an alert rule stopped the run (SystemExit 70 or 75)
+        distributed.shutdown(settings)
     return 0
 
 

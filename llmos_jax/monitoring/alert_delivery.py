@@ -159,13 +159,16 @@ class AlertDispatcher:
         e.g. on hosts other than the first).
       webhook: The sender for the "webhook" action (None: not configured).
       on_alert: Called with every delivered alert.
+      log_alerts: Whether the "log" action logs (False on hosts other than the
+        first, so that an N-host run logs each alert once, not N times).
 
     Attributes:
       delivered: Every alert delivered, in order.
     """
 
     def __init__(self, model_dir: pathlib.Path | None, *, webhook: WebhookSender | None = None,
-                 on_alert: Iterable[Callable[[Alert], None]] = ()):
+                 on_alert: Iterable[Callable[[Alert], None]] = (), log_alerts: bool = True):
+        self._log_alerts = log_alerts
         self._path = None if model_dir is None else pathlib.Path(model_dir) / ALERTS_FILENAME
         self._webhook = webhook
         self._on_alert = list(on_alert)
@@ -184,7 +187,7 @@ class AlertDispatcher:
                 return False
             self._last_fired[alert.rule] = alert.step
             self.delivered.append(alert)
-            if "log" in actions:
+            if "log" in actions and self._log_alerts:
                 log.warning("ALERT %s at step %d: %s", alert.rule, alert.step, alert.message)
             if "file" in actions and self._path is not None:
                 with open(self._path, "a", encoding="utf-8") as file:

@@ -9,8 +9,9 @@ ones, so a scrape never touches the device. Names:
   `llmos_train_grad_norm`, `llmos_train_param_norm`,
   `llmos_train_tokens_per_second`, `llmos_train_step_time_seconds`,
   `llmos_train_mfu_ratio`, `llmos_train_eval_loss`,
-  `llmos_train_last_step_timestamp_seconds` (when the latest logged step
-  finished: what a "stalled" alert compares with `time()`);
+  `llmos_train_last_step_timestamp_seconds` (when the loop last finished a
+  step, stamped every step from the host clock: what a "stalled" alert
+  compares with `time()`);
 - counters `llmos_train_loss_spikes_total`, `llmos_train_grad_norm_spikes_total`,
   `llmos_train_skipped_updates_total` and `llmos_train_alerts_total{rule}`.
 """
@@ -38,7 +39,7 @@ GAUGES = {
     "step_time_seconds": ("step_time", "Seconds per step over the latest interval."),
     "mfu_ratio": ("mfu", "Model FLOPs utilisation, 0 to 1."),
     "eval_loss": ("eval_loss", "Held-out loss of the latest evaluation."),
-    "last_step_timestamp_seconds": ("time", "Unix time when the latest logged step finished."),
+    "last_step_timestamp_seconds": ("time", "Unix time when the loop last finished a step."),
 }
 # cumulative counts carried in the step metrics
 COUNTERS = {
@@ -100,6 +101,12 @@ class TrainMetricsExporter:
             if step is not None:
                 self._collector.values["step"] = float(step)
                 self._collector.values["time"] = time.time()
+
+    def mark_step(self, step: int) -> None:
+        """Stamps a finished step (every step: host time only, nothing from the device)."""
+        with self._collector.lock:
+            self._collector.values["step"] = float(step)
+            self._collector.values["time"] = time.time()
 
     def count_alert(self, rule: str) -> None:
         with self._collector.lock:

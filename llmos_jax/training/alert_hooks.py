@@ -7,6 +7,10 @@
   split of `metrics.jsonl`/TensorBoard.
 - `EvalRegressionAlerts` (every step, after the evaluation hooks): a new
   evaluation worse than the best so far.
+- `StepStamp` (every step, with the Prometheus endpoint): stamps the host
+  time of each finished step, which the `LlmosTrainingStalled` alert
+  compares with one step's time (a stamp only at logged steps would age by
+  `log_every` steps between logs).
 - `StallWatchdogHook`: each step stamps the time; a daemon thread fires when
   no step finished within the rule's limit, dumps every thread's stack and,
   with "stop", asks the loop to save and stop.
@@ -45,6 +49,21 @@ log = logging.getLogger("llmos_jax.alerts")
 STALL_STACKS_FILENAME = "stall_stacks.txt"
 ALERTS_SPLIT = "alerts"
 _NON_FINITE_SIGNALS = ("loss", "grad_norm", "param_norm")
+
+
+class StepStamp:
+    """Tells the Prometheus endpoint that a step finished (host clock, no device fetch)."""
+
+    schedule = Schedule(every=1)
+
+    def __init__(self, exporter: TrainMetricsExporter):
+        self._exporter = exporter
+
+    def on_step(self, context: StepContext) -> None:
+        self._exporter.mark_step(context.step)
+
+    def on_end(self, context: StepContext) -> None:
+        pass
 
 
 class MetricAlerts:
@@ -215,10 +234,16 @@ class StallWatchdogHook:
         self._thread: threading.Thread | None = None
         self._fired_at_step: int | None = None
         self._exit_timer: threading.Timer | None = None
+        self._stop_armed = False  # a forced exit is armed once, for the first stalled step
 
     def on_step(self, context: StepContext) -> None:
         with self._lock:
             self._stamps.append((time.monotonic(), context.step))
+            if self._exit_timer is not None:
+                # The run moved past the stalled step: the loop saves and stops here,
+                # however long the save takes, so no forced exit may cut the save short.
+                self._exit_timer.cancel()
+                self._exit_timer = None
         if self._thread is None:
             self._thread = threading.Thread(target=self._watch, name="llmos-stall-watchdog",
                                             daemon=True)
@@ -259,9 +284,15 @@ class StallWatchdogHook:
             actions=rule.actions, cooldown_steps=rule.cooldown_steps)
         if fired and "stop" in rule.actions:
             self._request_stop(rule.name, step)
-            self._exit_timer = threading.Timer(rule.stop_grace_seconds, self._exit_unsaved)
-            self._exit_timer.daemon = True
-            self._exit_timer.start()
+            with self._lock:
+                if self._stop_armed or self._stamps[-1][1] != step:
+                    # A step finished since (maybe its final save is what takes long
+                    # now): the loop saves and stops by itself.
+                    return
+                self._stop_armed = True
+                self._exit_timer = threading.Timer(rule.stop_grace_seconds, self._exit_unsaved)
+                self._exit_timer.daemon = True
+                self._exit_timer.start()
 
     def _exit_unsaved(self) -> None:
         log.error("the stalled run did not reach another step within %.0fs; exiting with "

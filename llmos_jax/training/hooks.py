@@ -51,8 +51,12 @@ class Schedule:
 class Throughput:
     """Step time and tokens/s over the steps since the last report.
 
-    Time a hook spends on work that is not training (an evaluation) must not
-    count: such a hook calls `exclude_until_now()` when it is done.
+    Time a hook spends on work that is not training (an evaluation, a save)
+    must not count: such a hook calls `exclude_until_now()` when it is done,
+    which starts the interval afresh. (Dropping only the time but keeping the
+    steps counted before would credit those steps with no time: an inflated
+    rate. Subtracting the hook's own duration would not do either: the hook
+    first waits for the steps still queued on the device.)
     """
 
     def __init__(self, tokens_per_step: float):
@@ -68,8 +72,8 @@ class Throughput:
         self._tokens += self._tokens_per_step
 
     def exclude_until_now(self) -> None:
-        """Drops the time spent so far in this interval (its steps still count)."""
-        self._start = time.perf_counter()
+        """Starts the interval again: its time so far held non-training work."""
+        self.restart()
 
     def report(self) -> tuple[float, float]:
         """(seconds per step, tokens per second) of this interval."""

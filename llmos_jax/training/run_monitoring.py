@@ -16,7 +16,8 @@ from typing import Callable, Mapping
 
 from llmos_jax.monitoring.alert_delivery import AlertDispatcher, WebhookSender
 from llmos_jax.monitoring.metrics_writer import MetricsWriter
-from llmos_jax.training.alert_hooks import EvalRegressionAlerts, MetricAlerts, StallWatchdogHook
+from llmos_jax.training.alert_hooks import (EvalRegressionAlerts, MetricAlerts,
+                                            StallWatchdogHook, StepStamp)
 from llmos_jax.training.alert_rules import (EXIT_CODE_ALERT_STOP, EXIT_CODE_STALLED, Alerting,
                                             EvalRegression, StallWatchdog)
 from llmos_jax.training.hooks import Schedule, TrainHook
@@ -61,7 +62,9 @@ class RunMonitoring:
             webhook = WebhookSender(alerting.webhook_url, body_format=alerting.webhook_format,
                                     timeout_s=alerting.webhook_timeout_s,
                                     queue_size=alerting.webhook_queue_size)
-        self.dispatcher = AlertDispatcher(model_dir, webhook=webhook)
+        # Every host checks the rules (each must stop when told); only the first reports.
+        self.dispatcher = AlertDispatcher(model_dir, webhook=webhook,
+                                          log_alerts=model_dir is not None)
         if self.exporter is not None:
             self.dispatcher.add_listener(lambda alert: self.exporter.count_alert(alert.rule))
         self.first_hooks: list[TrainHook] = []
@@ -69,6 +72,8 @@ class RunMonitoring:
         self._watchdog: StallWatchdogHook | None = None
         if alerting is None and self.exporter is None:
             return
+        if self.exporter is not None:
+            self.first_hooks.append(StepStamp(self.exporter))
         rules = alerting if alerting is not None else Alerting(rules=())
         self._metric_alerts = MetricAlerts(logged, rules, self.dispatcher, self._stop,
                                            exporter=self.exporter, writer=writer,
