@@ -98,7 +98,18 @@ def load_adapters(directory: str | os.PathLike, params: Mapping[str, Any]) -> An
     path = pathlib.Path(directory) / ADAPTERS_FILE
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass a folder written by save_adapters.")
-    saved = load_file(str(path))
+    return replace_adapters(params, load_file(str(path)), str(path))
+
+
+def replace_adapters(params: Mapping[str, Any], saved: Mapping[str, np.ndarray],
+                     source: str) -> Any:
+    """`params` with its adapter leaves set from `saved` (flat by path), shapes checked.
+
+    Raises:
+      UserError: `saved` was made for another base: the first tensor whose path
+        or shape differs is named.
+    """
+    path = source
     expected = adapter_params(params)
     for name in sorted(set(saved) | set(expected)):
         if name not in expected:
@@ -117,6 +128,6 @@ def load_adapters(directory: str | os.PathLike, params: Mapping[str, Any]) -> An
 
     def replace(key_path, leaf):
         name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
-        return saved[name].astype(leaf.dtype) if name in saved else leaf
+        return np.asarray(saved[name]).astype(leaf.dtype) if name in saved else leaf
 
     return jax.tree_util.tree_map_with_path(replace, params)
