@@ -6,9 +6,11 @@ token embedding for an `Int8Embedding`. Each keeps its weight as an int8
 per output channel (`kernel_scale`, `embedding_scale`), so the weights stay
 int8 in device memory and are passed int8 into every compiled program. A
 matmul runs `(x @ int8_kernel.astype(x.dtype)) * scale`: the scale is per
-output channel, so it factors out of the contraction and XLA converts the
-int8 operand inside the fused dot. Biases, norms, position tables and
-T5's relative-position tables (small) stay float.
+output channel, so it factors out of the contraction. XLA:CPU materialises
+the converted kernel as a temporary per matmul (measured in
+docs/compression.md: stored bytes drop 3.9x, the decode step's temporaries
+and time do not). Biases, norms, position tables and T5's relative-position
+tables (small) stay float.
 
 Rounding `w / scale` with `scale = max|w| / 127` (per output channel) errs by
 at most `scale / 2` per weight.

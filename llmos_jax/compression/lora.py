@@ -189,7 +189,7 @@ def merge_lora(model: nnx.Module) -> int:
     merged = 0
     for path, dense in _dense_modules(model):
         if isinstance(dense, LoraDense):
-            dense.kernel[...] = dense.merged_kernel()
+            dense.kernel.set_value(dense.merged_kernel())  # host arrays may be read-only
             plain = nnx.eval_shape(lambda d=dense: Dense(
                 d.in_features, d.out_features, (None,) * len(d.in_features),
                 (None,) * len(d.out_features), use_bias=d.bias is not None, init_std=0.0,
