@@ -46,6 +46,7 @@ from llmos_jax.monitoring.metrics_writer import MetricsWriter
 from llmos_jax.monitoring.peak_flops import peak_flops_per_device
 from llmos_jax.monitoring.progress import TrainProgress
 from llmos_jax.partitioning import Layout, MeshConfig
+from llmos_jax.training import distillation_teacher  # noqa: F401 (gin: @distillation)
 from llmos_jax.training import run_metadata, warm_start
 from llmos_jax.checkpoints.checkpointer import Checkpointer, SaveStageCallback, check_writable
 from llmos_jax.checkpoints.fallback import restore_newest
