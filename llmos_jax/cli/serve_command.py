@@ -48,6 +48,8 @@ def serve_command() -> Command:
         Flag("prefill-chunk", "N", "Prompt tokens prefilled per engine step, so a long prompt "
              "never stalls the running streams for long (default 64)."),
         Flag("tensor-parallel", "N", "Split the model over N local devices (default 1)."),
+        Flag("quantize", "int8", "Quantize the weights at load: int8 per output channel "
+             "(dense layers and token embeddings; kept int8 on the device)."),
         Flag("request-timeout", "SECONDS", "End requests still running after this long (504, or "
              "an error chunk when streaming); default: no limit."),
         Flag("chat-template", "FILE", "A Jinja2 chat template for /v1/chat/completions "
@@ -142,7 +144,8 @@ def run_serve(flags: ParsedFlags) -> int:
         return load_served_model(path, name=flags.one("served-model-name") or name,
                                  chat_template_file=flags.one("chat-template"),
                                  tensor_parallel=flags.positive_int("tensor-parallel", 1),
-                                 max_context=engine_options.max_context)
+                                 max_context=engine_options.max_context,
+                                 quantize=flags.one("quantize"))
 
     version, follow = None, None
     if is_model_uri(model_path):

@@ -92,9 +92,12 @@ class CausalLm(_TokenLoss):
         return family.build(config, rngs=rngs, shard=shard)
 
     def sums(self, model: nnx.Module, batch: Batch, *, dropout_key, z_loss: float) -> Sums:
-        logits = model(batch[INPUTS], positions=batch.get(POSITIONS),
-                       segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
-        return self._sums(logits, batch, z_loss)
+        return self._sums(self.logits(model, batch, dropout_key=dropout_key), batch, z_loss)
+
+    def logits(self, model: nnx.Module, batch: Batch, *, dropout_key=None) -> jax.Array:
+        """Next-token logits [batch, length, vocab] (distillation reads a teacher's too)."""
+        return model(batch[INPUTS], positions=batch.get(POSITIONS),
+                     segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,10 +121,13 @@ class Seq2Seq(_TokenLoss):
 
     def sums(self, model: nnx.Module, batch: Batch, *, dropout_key,
              z_loss: float) -> Sums:
+        return self._sums(self.logits(model, batch, dropout_key=dropout_key), batch, z_loss)
+
+    def logits(self, model: nnx.Module, batch: Batch, *, dropout_key=None) -> jax.Array:
+        """Decoder logits [batch, length, vocab] (distillation reads a teacher's too)."""
         encoder_tokens = batch[ENCODER_INPUTS]
         encoder_segments = batch.get(ENCODER_SEGMENTS)
         if encoder_segments is None:
             encoder_segments = padding_segments(encoder_tokens)
-        logits = model(encoder_tokens, batch[INPUTS], encoder_segment_ids=encoder_segments,
-                       decoder_segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)
-        return self._sums(logits, batch, z_loss)
+        return model(encoder_tokens, batch[INPUTS], encoder_segment_ids=encoder_segments,
+                     decoder_segment_ids=batch.get(SEGMENTS), dropout_key=dropout_key)

@@ -108,6 +108,8 @@ class Layout:
         replicated = self.replicated
 
         def for_leaf(leaf, param, param_sharding):
+            if isinstance(leaf, optax.MaskedNode):  # a parameter this optimizer skips
+                return leaf
             if leaf.shape == param.shape:
                 return param_sharding
             if len(leaf.shape) == len(param.shape):
@@ -122,7 +124,7 @@ class Layout:
         return optax.tree_map_params(
             tx, for_leaf, abstract_opt, abstract_params, param_shardings,
             transform_non_params=lambda _: replicated,
-            is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+            is_leaf=lambda x: isinstance(x, (jax.ShapeDtypeStruct, optax.MaskedNode)))
 
     # --- Batches. -----------------------------------------------------------
 

@@ -43,11 +43,13 @@ import numpy as np
 from flax import nnx
 
 from llmos_jax.checkpoints.checkpointer import first_shape_mismatch
+from llmos_jax.compression.int8 import parameter_bytes, quantize_int8
 from llmos_jax.checkpoints.exports import check_export
 from llmos_jax.checkpoints.locations import EXPORT_DIRNAMES
 from llmos_jax.checkpoints.params_reader import flat_params, read_our_params
 from llmos_jax.data.vocabulary_files import MANIFEST_KEY, read_vocabularies
 from llmos_jax.errors import UserError
+from llmos_jax.inference.decoding_model import with_unstacked_layers
 from llmos_jax.models.families import ArchitectureKind, ModelFamily, families, get_family
 from llmos_jax.objectives.model_building import model_spec
 from llmos_jax.partitioning import DEFAULT_RULES, Layout, MeshConfig
@@ -62,6 +64,7 @@ __all__ = ["load_served_model", "serving_layout"]
 
 MODEL_FLAG = "--model"
 TENSOR_PARALLEL_FLAG = "--tensor-parallel"
+QUANTIZE_FLAG = "--quantize"
 HF_CONFIG_FILE = "config.json"
 
 
@@ -83,7 +86,8 @@ class _Loaded:
 def load_served_model(path: str | os.PathLike, *, name: str | None = None,
                       chat_template_file: str | os.PathLike | None = None,
                       devices: Sequence[jax.Device] | None = None, tensor_parallel: int = 1,
-                      max_context: int | None = None) -> ServedModel:
+                      max_context: int | None = None,
+                      quantize: str | None = None) -> ServedModel:
     """Loads `path` (an export, a run's model_dir or a Hugging Face folder) for serving.
 
     Args:
@@ -94,6 +98,8 @@ def load_served_model(path: str | os.PathLike, *, name: str | None = None,
       devices: Devices to place the model on; default this host's.
       tensor_parallel: Split the model over this many of them (`--tensor-parallel`).
       max_context: Positions per sequence; default (and at most) the model's `max_len`.
+      quantize: "int8" quantizes the weights after loading (`--quantize`, see
+        `llmos_jax.compression.int8`); None serves them as stored.
 
     Raises:
       UserError: a missing folder, one that is no export, run or Hugging Face
@@ -121,7 +127,8 @@ def load_served_model(path: str | os.PathLike, *, name: str | None = None,
         ChatTemplate(template, origin=origin, bos_token=loaded.bos_token,
                      eos_token=loaded.eos_token)
 
-    config = loaded.model.config
+    model = loaded.model if quantize is None else quantized_for_serving(loaded.model, quantize)
+    config = model.config
     context = config.max_len if max_context is None else int(max_context)
     if not 2 <= context <= config.max_len:
         raise UserError(f"max_context={max_context} must be between 2 and the model's max_len "
@@ -130,12 +137,29 @@ def load_served_model(path: str | os.PathLike, *, name: str | None = None,
     log.info("serving %s (%s family) from %s on %d device(s), tensor=%d", model_name,
              loaded.family.name, loaded.folder, layout.mesh.size, layout.mesh.shape["tensor"])
     return ServedModel(
-        name=model_name, model=loaded.model, tokenizer=loaded.tokenizer, max_context=context,
+        name=model_name, model=model, tokenizer=loaded.tokenizer, max_context=context,
         eos_id=loaded.eos_id, decoder_start_id=loaded.decoder_start_id,
         encoder_decoder=loaded.family.kind is ArchitectureKind.ENCODER_DECODER,
         append_eos_to_prompt=loaded.append_eos_to_prompt, chat_template=template,
         source=str(loaded.folder), chat_template_origin=origin or "the chat template",
         bos_token=loaded.bos_token, eos_token=loaded.eos_token, family=loaded.family.name)
+
+
+def quantized_for_serving(model: nnx.Module, method: str) -> nnx.Module:
+    """`model` with int8 weights, its layers unstacked (decoding reads them per layer).
+
+    The quantized layers are not rebuilt from the config, so the stack is
+    unstacked here once rather than by the slot programs.
+    """
+    if method != "int8":
+        raise UserError(f"{QUANTIZE_FLAG}={method!r} is not supported; pass {QUANTIZE_FLAG}=int8 "
+                        "or leave it out.")
+    model = with_unstacked_layers(model)
+    counts = quantize_int8(model)
+    log.info("quantized to int8: %d dense layers, %d embedding tables; parameters now %.1f MB",
+             counts["dense"], counts["embedding"],
+             parameter_bytes(nnx.state(model, nnx.Param)) / 1e6)
+    return model
 
 
 def serving_layout(tensor_parallel: int = 1,

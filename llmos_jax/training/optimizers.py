@@ -178,6 +178,9 @@ def current_learning_rate(opt_state: Any) -> jax.Array:
     Works on the state of `make_optimizer`'s transformation, also when an
     `nnx.Optimizer` holds it, and inside jit.
     """
+    inner = getattr(opt_state, "inner_states", None)  # `adapters_only`: the trained part's
+    if isinstance(inner, Mapping) and "adapter" in inner:
+        opt_state = getattr(inner["adapter"], "inner_state", inner["adapter"])
     hyperparams = getattr(opt_state, "hyperparams", None)
     if not isinstance(hyperparams, Mapping) or "learning_rate" not in hyperparams:
         raise ValueError(

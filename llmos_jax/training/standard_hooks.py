@@ -165,22 +165,26 @@ class ExportParams:
       meta: The run's metadata (`run_metadata.describe_run`); `step` is added.
       vocabularies: The task's vocabularies (None: the export carries none).
       metrics: Called at export time for the card's metrics (name -> value).
+      params_for_export: Turns the trained parameters into the exported ones
+        (a LoRA run merges its adapters into the base).
     """
 
     schedule = Schedule(at_last=False)
 
     def __init__(self, directory: pathlib.Path, meta: Mapping[str, Any], *,
                  vocabularies: TaskVocabularies | None = None,
-                 metrics: Callable[[], Mapping[str, float]] | None = None):
+                 metrics: Callable[[], Mapping[str, float]] | None = None,
+                 params_for_export: Callable[[Any], Any] | None = None):
         self._directory, self._meta = directory, meta
         self._vocabularies, self._metrics = vocabularies, metrics
+        self._params_for_export = params_for_export or (lambda params: params)
 
     def on_step(self, context: StepContext) -> None:
         pass
 
     def on_end(self, context: StepContext) -> None:
         if context.finished:
-            write_export(self._directory, context.state.params,
+            write_export(self._directory, self._params_for_export(context.state.params),
                          {**self._meta, "step": context.step}, vocabularies=self._vocabularies,
                          metrics=self._metrics() if self._metrics else None)
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import gin
 import optax
 
+from llmos_jax.compression.lora import LoraConfig
 from llmos_jax.data.lm_batches import LMBatches
 from llmos_jax.errors import UserError
 from llmos_jax.models.config import TransformerConfig
@@ -96,6 +97,10 @@ class TrainConfig:
         non-finite loss still stops the run).
       metrics_port: Serve `llmos_train_*` metrics for Prometheus on
         `metrics_host` at this port (0: any free port); None: no endpoint.
+      lora: Train low-rank adapters only (`llmos_jax.compression.lora.LoraConfig`):
+        the base is frozen and holds no optimizer state; the export holds the
+        merged weights and `model_dir/adapters` the adapters alone. Needs
+        `scan_layers=False` for now.
       metrics_host: The address the endpoint binds: 127.0.0.1 (this machine
         only) unless a Prometheus elsewhere scrapes it (e.g. 0.0.0.0).
     """
@@ -133,6 +138,7 @@ class TrainConfig:
     hooks: Sequence[TrainHook] = ()
     track: bool = False
     register_as: str | None = None
+    lora: LoraConfig | None = None
     alerting: Alerting | None = dataclasses.field(default_factory=Alerting)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -167,6 +173,9 @@ class TrainConfig:
             raise UserError(f"train.sequence_length={self.sequence_length} must be a positive "
                             "length, or a positive length per feature.")
         config = self.model_config
+        if self.lora is not None and config.scan_layers:
+            raise UserError("train.lora needs TransformerConfig.scan_layers = False for now "
+                            "(decoding rebuilds stacked layers without their adapters).")
         if (getattr(config, "position_embedding", None) == "learned"
                 and self.longest_sequence > config.max_len):
             raise UserError(

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from llmos_jax import runtime
+from llmos_jax.compression.lora import adapter_dropout
 from llmos_jax.partitioning import Layout
 from llmos_jax.objectives import CausalLm, Objective
 from llmos_jax.objectives.language_modeling import (INPUTS, POSITIONS, SEGMENTS,
@@ -78,7 +79,8 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
 
     def grads_and_sums(params, batch, key, denominators):
         def loss_fn(p):
-            sums = objective.sums(spec.merge(p), batch, dropout_key=key, z_loss=config.z_loss)
+            with adapter_dropout(key):  # LoRA adapters' own dropout (a no-op without them)
+                sums = objective.sums(spec.merge(p), batch, dropout_key=key, z_loss=config.z_loss)
             return objective.loss(sums, denominators), sums
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, sums

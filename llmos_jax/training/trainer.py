@@ -46,6 +46,7 @@ from llmos_jax.monitoring.metrics_writer import MetricsWriter
 from llmos_jax.monitoring.peak_flops import peak_flops_per_device
 from llmos_jax.monitoring.progress import TrainProgress
 from llmos_jax.partitioning import Layout, MeshConfig
+from llmos_jax.training import distillation_teacher  # noqa: F401 (gin: @distillation)
 from llmos_jax.training import run_metadata, warm_start
 from llmos_jax.checkpoints.checkpointer import Checkpointer, SaveStageCallback, check_writable
 from llmos_jax.checkpoints.fallback import restore_newest
@@ -64,6 +65,8 @@ from llmos_jax.training.standard_hooks import (Checkpointing, DivergenceGuard, E
                                                TaskEvaluationHook)
 from llmos_jax.training.spike_statistics import GuardedTrainStep
 from llmos_jax.training.train_config import TrainConfig
+from llmos_jax.training.lora_training import SaveAdapters, lora_model_spec, merged_params
+from llmos_jax.compression.adapters import adapters_only
 from llmos_jax.training.train_state import (TrainState, abstract_train_state, init_train_state,
                                             state_shardings)
 from llmos_jax.training.train_step import (StepConfig, jit_eval_step, jit_train_step,
@@ -159,7 +162,8 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
     check_batch_features(objective, first_batch.keys())
     batch_ranks = {key: value.ndim for key, value in first_batch.items()}
 
-    spec = build_model_spec(config.model_config, objective, layout, config.seed)
+    spec = (build_model_spec(config.model_config, objective, layout, config.seed)
+            if config.lora is None else lora_model_spec(config, objective, layout))
     # Carried by model_dir/export and model_dir/best, so they serve with no gin file.
     vocabularies = task_vocabularies_for_export(config.task_name, train_data.vocabulary)
     task_eval = None if config.evaluator is None else TaskEvaluation(
@@ -168,6 +172,8 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
         sequence_length=config.sequence_length, model_dir=model_path,
         write=jax.process_index() == 0, vocabularies=vocabularies)
     tx = config.optimizer_factory()
+    if config.lora is not None:  # the base is frozen and gets no optimizer state
+        tx = adapters_only(tx)
     shardings = state_shardings(spec, tx, layout)
 
     checkpointer = Checkpointer(model_path, save_every=config.checkpoint_every,
@@ -193,7 +199,8 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
 
     step_config = StepConfig(microbatches=config.microbatches, z_loss=config.z_loss,
                              dropout_seed=config.seed,
-                             use_dropout=config.model_config.dropout_rate > 0)
+                             use_dropout=(config.model_config.dropout_rate > 0 or bool(
+                                 config.lora and config.lora.dropout > 0)))
     step_fn = make_train_step(spec, tx, current_learning_rate, step_config, layout, objective)
     spike_rules = config.alerting.spike_rules() if config.alerting else ()
     train_step = (GuardedTrainStep(step_fn, spike_rules, shardings,
@@ -252,8 +259,12 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
             Checkpointing(Schedule(every=config.checkpoint_every, on_stop=True), checkpointer,
                           meta),
             ExportParams(model_path / "export", meta, vocabularies=vocabularies,
-                         metrics=lambda: _export_metrics(heldout, task_eval))
-            if config.export else None, sampler, *monitoring.last_hooks]
+                         metrics=lambda: _export_metrics(heldout, task_eval),
+                         params_for_export=None if config.lora is None else (
+                             lambda params: merged_params(spec, params)))
+            if config.export else None,
+            SaveAdapters(model_path / "adapters", config.lora) if config.lora else None,
+            sampler, *monitoring.last_hooks]
         all_hooks = tuple(hook for hook in standard if hook is not None) + (
             *config.hooks, *hooks)
 
