@@ -2,7 +2,12 @@
 
 import json
 import os
+import pathlib
+import shutil
 import struct
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax.numpy as jnp
@@ -111,17 +116,45 @@ def test_disabled_writer_creates_nothing(tmp_path):
     assert not model_dir.exists()
 
 
+NOBODY = 65534  # The unprivileged user of Debian-like systems.
+
+# Constructs a MetricsWriter in a locked folder as the user `nobody`, since root writes
+# through any permission bits; prints the UserError it raises.
+_AS_NOBODY = """
+import os, sys
+from llmos_jax.errors import UserError
+from llmos_jax.monitoring.metrics_writer import MetricsWriter
+os.setgid({uid}); os.setuid({uid})  # After the imports: the interpreter may live under /root.
+try:
+    MetricsWriter(sys.argv[1])
+except UserError as error:
+    print("UserError:", error)
+"""
+
+
 def test_unwritable_directory_is_a_user_error(tmp_path):
-    model_dir = tmp_path / "locked"
-    model_dir.mkdir()
-    model_dir.chmod(0o500)
+    if os.geteuid() != 0:
+        model_dir = tmp_path / "locked"
+        model_dir.mkdir()
+        model_dir.chmod(0o500)
+        try:
+            with pytest.raises(UserError, match="locked"):
+                MetricsWriter(model_dir)
+        finally:
+            model_dir.chmod(0o700)
+        return
+    # As root (CI), the check runs as an ordinary user in a child process.
+    parent = pathlib.Path(tempfile.mkdtemp(prefix="llmos-metrics-"))
     try:
-        if os.access(model_dir, os.W_OK):
-            pytest.skip("running as a user (e.g. root) who can write a 0o500 directory")
-        with pytest.raises(UserError, match="locked"):
-            MetricsWriter(model_dir)
+        parent.chmod(0o755)  # nobody may enter, not write
+        model_dir = parent / "locked"
+        model_dir.mkdir(mode=0o555)
+        done = subprocess.run([sys.executable, "-c", _AS_NOBODY.format(uid=NOBODY),
+                               str(model_dir)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.startswith("UserError:") and "locked" in done.stdout, done.stdout
     finally:
-        model_dir.chmod(0o700)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_model_dir_that_is_a_file_is_a_user_error(tmp_path):
