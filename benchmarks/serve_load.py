@@ -168,6 +168,7 @@ async def closed_loop(server: Server, clients: int, per_client: int, seed: int) 
     started = time.monotonic()
     await asyncio.gather(*(user(i) for i in range(clients)))
     wall = time.monotonic() - started
+    await client.close()  # inside the loop: closing after asyncio.run ends prints tracebacks
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     machine_cpu = machine_busy_cpu_seconds() - machine_cpu0
     client_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
