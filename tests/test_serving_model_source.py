@@ -10,16 +10,15 @@ import json
 import shutil
 import threading
 import types
-import uuid
 
 import gin
 import jax
 import pytest
 import seqio
-import tensorflow as tf
 from flax import nnx
 from inference_helpers import random_model
 from serving_api_helpers import hf_gpt2_folder
+from tiny_runs import character_task, tiny_run_bindings, train_in_process
 
 from llmos_jax.data.char_vocabulary import CharacterVocabulary
 from llmos_jax.data.vocabulary_files import TaskVocabularies
@@ -33,29 +32,11 @@ from llmos_jax.training.hooks import StepContext, Throughput
 from llmos_jax.training.run_metadata import describe_run
 from llmos_jax.training.standard_hooks import ExportParams
 
-CORPUS = "\n\n".join("the cat sat on the mat and the dog ran to the red barn" for _ in range(30))
 PROMPTS = ["the cat", "a red dog ran"]
 NEW_TOKENS = 8
 
-GPT_GIN = """
-TransformerConfig.vocab_size = 32
-TransformerConfig.num_layers = 1
-TransformerConfig.embed_dim = 16
-TransformerConfig.num_heads = 2
-TransformerConfig.max_len = 32
-TransformerConfig.dropout_rate = 0.0
-train.model_config = @TransformerConfig()
-train.sequence_length = 32
-train.global_batch_size = 8
-train.num_steps = 3
-train.eval_every = 3
-train.eval_batches = 1
-train.checkpoint_every = 3
-train.async_checkpointing = False
-train.sample_prompts = []
-train.progress_bar = False
-make_optimizer.learning_rate = 1e-2
-"""
+GPT_GIN = tiny_run_bindings(3, "TransformerConfig.vocab_size = 32",
+                            "make_optimizer.learning_rate = 1e-2")
 
 
 def greedy(model, prompts, eos_id):
@@ -90,28 +71,11 @@ def served_tokens(served, prompt_ids):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A 3-step run on a character-vocabulary task: model_dir with export/ and config.gin."""
-    from llmos_jax.cli.gin_config import parse_gin
-    from llmos_jax.data.registry import register_lm_task
-    from llmos_jax.training.trainer import train
-
     root = tmp_path_factory.mktemp("served_gpt")
-    name = f"served_chars_{uuid.uuid4().hex[:6]}"
-    documents = CORPUS.split("\n\n")
-
-    def dataset(split, shuffle_files, seed=None):
-        return tf.data.Dataset.from_tensor_slices({"text": documents})
-
-    register_lm_task(name, seqio.FunctionDataSource(dataset, ["train", "validation"]),
-                     CharacterVocabulary.from_texts([CORPUS]))
-    gin.clear_config()
-    try:
-        parse_gin([], [*GPT_GIN.strip().splitlines(), f"train.task_name = {name!r}"])
-        result = train(model_dir=str(root / "run"))
-    finally:
-        gin.clear_config()
-    assert result.last_step == 3
-    yield root / "run", name
-    seqio.TaskRegistry.remove(name)
+    with character_task("served_chars") as (name, _):
+        result = train_in_process(root / "run", [*GPT_GIN, f"train.task_name = {name!r}"])
+        assert result.last_step == 3
+        yield root / "run", name
 
 
 def test_a_trained_run_serves_from_its_export_with_no_gin(trained_run):

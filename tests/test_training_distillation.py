@@ -3,44 +3,23 @@ the real trainer; a teacher with another vocabulary is refused before training."
 
 import json
 import types
-import uuid
 
-import gin
 import pytest
-import seqio
-import tensorflow as tf
 from flax import nnx
 
-from llmos_jax.data.char_vocabulary import CharacterVocabulary
 from llmos_jax.errors import UserError
 from llmos_jax.models import DecoderLM, TransformerConfig
 from llmos_jax.training.hooks import StepContext, Throughput
 from llmos_jax.training.run_metadata import describe_run
 from llmos_jax.training.standard_hooks import ExportParams
+from tiny_runs import character_task, tiny_run_bindings, train_in_process
 
-CORPUS = "\n\n".join("the cat sat on the mat and the dog ran to the red barn" for _ in range(30))
-STUDENT_GIN = """
-TransformerConfig.vocab_size = {vocab}
-TransformerConfig.num_layers = 1
-TransformerConfig.embed_dim = 16
-TransformerConfig.num_heads = 2
-TransformerConfig.max_len = 32
-TransformerConfig.dropout_rate = 0.0
-train.model_config = @TransformerConfig()
-train.objective = @distillation()
-distillation.teacher = '{teacher}'
-distillation.temperature = 2.0
-distillation.alpha = 0.5
-train.sequence_length = 32
-train.global_batch_size = 8
-train.num_steps = 3
-train.eval_every = 3
-train.eval_batches = 1
-train.checkpoint_every = 3
-train.async_checkpointing = False
-train.sample_prompts = []
-train.progress_bar = False
-"""
+
+def student_gin(vocab: int, teacher) -> list[str]:
+    return tiny_run_bindings(
+        3, f"TransformerConfig.vocab_size = {vocab}", "train.objective = @distillation()",
+        f"distillation.teacher = '{teacher}'", "distillation.temperature = 2.0",
+        "distillation.alpha = 0.5")
 
 
 def export_teacher(directory, vocabulary, vocab_size):
@@ -57,29 +36,13 @@ def export_teacher(directory, vocabulary, vocab_size):
 
 @pytest.fixture
 def char_task():
-    from llmos_jax.data.registry import register_lm_task
-
-    name = f"distill_chars_{uuid.uuid4().hex[:6]}"
-    documents = CORPUS.split("\n\n")
-    vocabulary = CharacterVocabulary.from_texts([CORPUS])
-    register_lm_task(name, seqio.FunctionDataSource(
-        lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-            {"text": documents}), ["train", "validation"]), vocabulary)
-    yield name, vocabulary
-    seqio.TaskRegistry.remove(name)
+    with character_task("distill_chars") as task:
+        yield task
 
 
 def run(tmp_path, task, vocab, teacher):
-    from llmos_jax.cli.gin_config import parse_gin
-    from llmos_jax.training.trainer import train
-
-    gin.clear_config()
-    try:
-        parse_gin([], [*STUDENT_GIN.format(vocab=vocab, teacher=teacher).strip().splitlines(),
-                       f"train.task_name = {task!r}"])
-        return train(model_dir=str(tmp_path / "student"))
-    finally:
-        gin.clear_config()
+    return train_in_process(tmp_path / "student",
+                            [*student_gin(vocab, teacher), f"train.task_name = {task!r}"])
 
 
 def test_a_student_trains_against_a_teacher_export(tmp_path, char_task):
