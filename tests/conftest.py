@@ -50,3 +50,15 @@ def shared_data_dir() -> pathlib.Path:
         pytest.fail(f"the shared data folder {path} does not exist: clone the repository beside "
                     "shared/ (so ../shared/data is found) or set LLMOS_DATA_DIR", pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, for parity with reference implementations (the `reference` extra)."""
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="session")
+def transformers():
+    """Hugging Face transformers, the reference for conversion and decoding parity."""
+    return pytest.importorskip("transformers")

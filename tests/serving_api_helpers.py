@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Sequence
+
+import httpx
 
 import seqio
 
@@ -72,3 +76,17 @@ def hf_gpt2_folder(directory, n_positions: int = 64) -> int:
         "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }} "
                          "{% endfor %}{% if add_generation_prompt %}a{% endif %}"}))
     return eos
+
+
+def wait_until_ready(base_url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    """Polls `/health/ready` of a `llmos serve` subprocess; fails with its output if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if httpx.get(base_url + "/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("llmos serve was not ready in time")

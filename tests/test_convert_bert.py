@@ -25,16 +25,6 @@ SHAPE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_h
 
 
 @pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
 def batch():
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, 99, size=(2, 12))

@@ -78,16 +78,6 @@ def max_abs(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
 
 
-@pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
 def random_hf_model(torch, transformers, **config_fields):
     """A GPT2LMHeadModel with every parameter (biases, LayerNorms) randomised, in eval mode."""
     config = transformers.GPT2Config(**HF_SHAPE, bos_token_id=None, eos_token_id=None,

@@ -42,16 +42,6 @@ CASES = {
 
 
 @pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
 def hf_models(torch, transformers, tmp_path_factory):
     """Each case as a randomised transformers model saved to its own folder."""
     built = {}

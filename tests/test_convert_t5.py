@@ -25,16 +25,6 @@ FEED_FORWARD = {"1.0": "relu", "1.1": "gated-gelu"}
 
 
 @pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
 def batch():
     rng = np.random.default_rng(0)
     encoder_tokens = rng.integers(2, 64, size=(2, 11))

@@ -27,16 +27,6 @@ SCORE_TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def transformers():
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="module")
 def gpt2(torch, transformers, tmp_path_factory):
     config = transformers.GPT2Config(vocab_size=VOCAB, n_layer=2, n_embd=32, n_head=4,
                                      n_positions=32, bos_token_id=None, eos_token_id=None)

@@ -13,24 +13,11 @@ import time
 import httpx
 import openai
 import pytest
-from serving_api_helpers import hf_gpt2_folder
+from serving_api_helpers import hf_gpt2_folder, wait_until_ready
 
 from llmos_jax.serving.server import free_port
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_ready(base_url: str, process: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            if httpx.get(base_url + "/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("llmos serve was not ready in time")
 
 
 def test_sigterm_drains_running_requests_then_exits_zero(tmp_path):
@@ -44,14 +31,14 @@ def test_sigterm_drains_running_requests_then_exits_zero(tmp_path):
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(base_url, process)
+        wait_until_ready(base_url, process)
         assert httpx.get(base_url + "/v1/models").status_code == 401  # the key is enforced
         client = openai.OpenAI(base_url=base_url + "/v1", api_key="sekret", max_retries=0)
         stream = client.completions.create(
             model="gpt2_256", prompt="the cat", max_tokens=240, temperature=0, stream=True,
             stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
         chunks = iter(stream)
-        first = next(chunks)  # the request is running
+        next(chunks)  # the request is running
         process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while httpx.get(base_url + "/health/ready").status_code != 503:

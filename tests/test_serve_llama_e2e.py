@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ pytest.importorskip("safetensors")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from convert_helpers import randomise_torch  # noqa: E402
+from serving_api_helpers import wait_until_ready  # noqa: E402
 
 from llmos_jax.serving.server import free_port  # noqa: E402
 
@@ -71,16 +71,7 @@ def test_llmos_serve_chats_with_a_llama_folder_like_transformers(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            assert time.monotonic() < deadline, "llmos serve was not ready in time"
-            try:
-                if httpx.get(base_url + "/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        wait_until_ready(base_url, process)
         reply = httpx.post(base_url + "/v1/chat/completions", timeout=60, json={
             "model": "tiny_llama", "max_tokens": 8, "temperature": 0, "ignore_eos": True,
             "messages": [{"role": "user", "content": "the dog ran to the red barn"}]})
