@@ -12,8 +12,8 @@
 
 `prepare` converts ``$LLMOS_DATA_DIR/sst2/{train,dev}.tsv`` to JSON lines,
 trains a byte-level BPE tokenizer and a small Llama-style ``DecoderLM`` on
-prompt-formatted SST-2 train rows (a few hundred optax steps here, so its
-answers are better than chance), and exports both as a Hugging Face
+zero- and 4-shot SST-2 train prompts, with the loss on the answer (800 optax
+steps, so its answers are better than chance), and exports both as a Hugging Face
 ``LlamaForCausalLM`` folder. It also writes, per shot count, the evaluation
 file that lm-evaluation-harness reads: each row carries the exact prompt
 llmos_jax builds (`llmos_jax.data.few_shot.few_shot_prompts`, same shots, same
@@ -82,38 +82,43 @@ def prepare(out: pathlib.Path, steps: int) -> None:
         {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": False}))
     vocabulary = HfTokenizerVocabulary(tokenizer_dir)
 
-    # Training text: 2-shot prompts with their answers, as the evaluation will look.
+    # Training rows: zero-shot prompts (every fifth step 4-shot, other train rows as
+    # shots) and the answer; the loss is on the answer's tokens, so the model learns
+    # to answer, not only the format.
     template = MultipleChoiceTemplate(PROMPT, CHOICES)
     rng = np.random.default_rng(0)
-    length, batch = 160, 16
+    batch = 32
     config = llama_style_config(vocab_size=vocabulary.vocab_size, num_layers=2, embed_dim=64,
                                 num_heads=4, num_kv_heads=2, mlp_dim=192, max_len=512,
                                 scan_layers=False)
     model = DecoderLM(config, rngs=nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax.adamw(3e-3), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, optax.adamw(5e-3), wrt=nnx.Param)
 
     @nnx.jit
-    def step(model, optimizer, tokens):
+    def step(model, optimizer, tokens, weights):
         def loss_fn(model):
             logits = model(tokens[:, :-1])
-            mask = tokens[:, 1:] != 0
             losses = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
-            return (losses * mask).sum() / mask.sum()
+            return (losses * weights[:, 1:]).sum() / weights[:, 1:].sum()
         loss, grads = nnx.value_and_grad(loss_fn)(model)
         optimizer.update(model, grads)
         return loss
 
     for number in range(steps):
-        picked = [train[i] for i in rng.integers(0, len(train), size=batch * 3)]
-        texts = few_shot_prompts(picked[batch:], picked[:batch], template, num_shots=2,
-                                 seed=number)
+        shots, length = (4, 256) if number % 5 == 4 else (0, 64)
+        picked = [train[i] for i in rng.integers(0, len(train), size=batch * 5)]
+        prompts = few_shot_prompts(picked[batch:], picked[:batch], template,
+                                   num_shots=shots, seed=number)
         tokens = np.zeros((batch, length + 1), np.int32)
-        for i, (text, row) in enumerate(zip(texts, picked)):
-            ids = vocabulary.encode(text + CHOICES[row["label"]])[-(length + 1):]
+        weights = np.zeros((batch, length + 1), np.float32)
+        for i, (prompt, row) in enumerate(zip(prompts, picked)):
+            answer = vocabulary.encode(CHOICES[row["label"]])
+            ids = (vocabulary.encode(prompt) + answer)[-(length + 1):]
             tokens[i, :len(ids)] = ids
-        loss = step(model, optimizer, jax.numpy.asarray(tokens))
+            weights[i, len(ids) - len(answer):len(ids)] = 1.0
+        loss = step(model, optimizer, jax.numpy.asarray(tokens), jax.numpy.asarray(weights))
         if number % 50 == 0 or number == steps - 1:
-            print(f"step {number} loss {float(loss):.3f}", flush=True)
+            print(f"step {number} answer loss {float(loss):.3f}", flush=True)
 
     export_hf_model(model, out / "hf_model", model_type="llama",
                     extra_config={"bos_token_id": vocabulary.tokenizer.token_to_id("<s>"),
@@ -176,7 +181,7 @@ def compare(out: pathlib.Path, shots: int) -> None:
         sample = json.loads(line)
         for choice, response in enumerate(sample["resps"]):
             theirs_ll[(sample["doc_id"], choice)] = float(response[0][0])
-        assert sample["target"] == labels[sample["doc_id"]]
+        assert int(sample["target"]) == labels[sample["doc_id"]]
     assert set(ours_ll) == set(theirs_ll), "different (example, choice) sets"
     diffs = np.array([abs(ours_ll[key] - theirs_ll[key]) for key in ours_ll])
     examples = sorted(labels)
@@ -197,6 +202,9 @@ def compare(out: pathlib.Path, shots: int) -> None:
         result[f"{name}_ours"] = float(np.mean([mine[e] == labels[e] for e in examples]))
         result[f"{name}_lm_eval"] = float(np.mean([theirs[e] == labels[e] for e in examples]))
         result[f"{name}_same_choice"] = sum(mine[e] == theirs[e] for e in examples)
+        result[f"{name}_ours_chose_positive"] = sum(mine[e] == 1 for e in examples)
+    margins = np.array([abs(ours_ll[(e, 1)] - ours_ll[(e, 0)]) for e in examples])
+    result["smallest_choice_margin_ours"] = float(margins.min())
     [results_file] = [f for f in glob.glob(str(out / f"lm_eval_{shots}shot" / "**" /
                                                 "results_*.json"), recursive=True)]
     reported = json.loads(pathlib.Path(results_file).read_text())["results"]
@@ -210,7 +218,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("command", choices=["prepare", "ours", "compare"])
     parser.add_argument("out", type=pathlib.Path)
     parser.add_argument("--shots", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=800)
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(args.out, args.steps)
