@@ -24,7 +24,6 @@ import functools
 import os
 import pathlib
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +101,7 @@ def _place(stacked: jax.Array | None, value: np.ndarray, shape: tuple[int, ...],
     if layer is None:
         return jax.device_put(value, sharding)
     if stacked is None:
-        stacked = _zeros(shape, value.dtype, sharding)
+        stacked = jnp.zeros(shape, value.dtype, device=sharding)  # allocated on the devices
     return _set_layer(sharding)(stacked, jax.device_put(value, _without_layer_axis(sharding)),
                                 layer)
 
@@ -115,8 +114,6 @@ def _set_layer(sharding: Sharding) -> Callable[[jax.Array, jax.Array, int], jax.
         out_shardings=sharding, donate_argnums=0)
 
 
-def _zeros(shape: tuple[int, ...], dtype: Any, sharding: Sharding) -> jax.Array:
-    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
 
 
 def _without_layer_axis(sharding: Sharding) -> Sharding:
