@@ -2,7 +2,9 @@
 (`llmos_jax.convert.streaming_load`): the same parameters as the in-memory path,
 on the layout's shardings, with a host-memory peak far below the model's size."""
 
+import json
 import os
+import shutil
 import tracemalloc
 
 import jax
@@ -17,6 +19,7 @@ from flax import nnx  # noqa: E402
 
 from llmos_jax.convert import llama  # noqa: E402
 from llmos_jax.convert.model_params import param_specs  # noqa: E402
+from llmos_jax.errors import UserError  # noqa: E402
 from llmos_jax.models.axes import logical_axes_of  # noqa: E402
 from llmos_jax.partitioning import Layout, MeshConfig  # noqa: E402
 
@@ -94,3 +97,15 @@ def test_streaming_peak_host_memory_is_a_fraction_of_the_model(torch, transforme
     assert in_memory > model_bytes, (in_memory, model_bytes)
     # Streaming holds about one tensor (read + converted copy), never the model.
     assert streamed < 3 * largest < 0.5 * model_bytes, (streamed, largest, model_bytes)
+
+
+def test_an_index_naming_the_wrong_shard_is_refused_before_reading(tiny_checkpoints, tmp_path):
+    copy = shutil.copytree(tiny_checkpoints["float32"], tmp_path / "copy")
+    index = json.loads((copy / "model.safetensors.index.json").read_text())
+    name = "model.norm.weight"
+    others = sorted(set(index["weight_map"].values()) - {index["weight_map"][name]})
+    index["weight_map"][name] = others[0]
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UserError, match=f"tensor '{name}' is listed in the safetensors index "
+                                        f"but not in .*{others[0]}"):
+        llama.import_llama(copy)
