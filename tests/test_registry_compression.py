@@ -2,38 +2,42 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import shutil
 
 import pytest
 from flax import nnx
 from registry_helpers import cli
-from tiny_runs import character_task, tiny_run_bindings, train_in_process
 
+from llmos_jax.checkpoints.checkpointer import export_params
 from llmos_jax.compression.adapters import ADAPTERS_FILE, save_adapters
 from llmos_jax.compression.lora import LoraConfig, apply_lora
 from llmos_jax.errors import UserError
-from llmos_jax.inference.decoding_model import with_unstacked_layers
+from llmos_jax.models import DecoderLM, TransformerConfig
+from llmos_jax.models.families import DECODER
 from llmos_jax.registry.compression_tags import stored_bytes
 from llmos_jax.registry.store import open_store
 from llmos_jax.registry.versions import register_export
-from llmos_jax.serving.model_source import load_served_model
+
+CONFIG = TransformerConfig(vocab_size=32, num_layers=1, embed_dim=16, num_heads=2, max_len=32,
+                           scan_layers=False)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One tiny trained run registered as tiny/1, and a LoRA 'run' of it: its export and
-    rank-2 adapters on attention query/value saved as `train.lora` saves them."""
+    """A tiny decoder's export registered as tiny/1, and a LoRA 'run' of it: the same export
+    and rank-2 adapters on attention query/value saved as `train.lora` saves them."""
     root = tmp_path_factory.mktemp("registry_compression")
     saved = {key: os.environ.get(key) for key in ("LLMOS_HOME", "MLFLOW_TRACKING_URI")}
     os.environ["LLMOS_HOME"] = str(root / "home")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    with character_task("registry_compression") as (task, _):
-        train_in_process(root / "base", [*tiny_run_bindings(
-            1, "TransformerConfig.vocab_size = 32", "train.eval_every = 0"),
-            f"train.task_name = {task!r}"])
-    shutil.copytree(root / "base" / "export", root / "lora" / "export")
-    model = with_unstacked_layers(load_served_model(root / "base").model)
+    model = DecoderLM(CONFIG, rngs=nnx.Rngs(0))
+    meta = {"step": 0, "model_family": DECODER.name,
+            "model_config": json.loads(json.dumps(dataclasses.asdict(CONFIG), default=str))}
+    for run in ("base", "lora"):
+        export_params(root / run / "export", nnx.to_pure_dict(nnx.state(model, nnx.Param)),
+                      meta)
     lora = LoraConfig(rank=2, target_patterns=[r"attn/(query|value)$"])
     apply_lora(model, lora)
     save_adapters(root / "lora" / "adapters", nnx.to_pure_dict(nnx.state(model, nnx.Param)),
