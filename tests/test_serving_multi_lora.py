@@ -144,3 +144,31 @@ def test_the_openai_model_field_picks_the_adapter(served):
                                                                             PROMPTS[3]))
         refused = client.post("/v1/completions", json={"model": "z", "prompt": [5]})
         assert refused.status_code == 400 and "'base', 'x', 'y'" in refused.text
+
+
+def test_adapters_over_int8_weights(served):
+    from llmos_jax.compression.int8 import Int8Dense
+    from llmos_jax.compression.multi_lora import MultiLoraDense, select_adapters
+    from llmos_jax.serving.model_source import quantized_for_serving
+
+    _, base, merged, folders = served
+    plain = quantized_for_serving(_copy(base), "int8")
+    model = with_adapters(quantized_for_serving(_copy(base), "int8"), folders)
+    wrapped = [node for _, node in nnx.iter_graph(model) if isinstance(node, MultiLoraDense)]
+    assert wrapped and all(isinstance(node.base, Int8Dense) for node in wrapped)
+    tokens = jax.numpy.asarray([PROMPTS[1], PROMPTS[1]])
+
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def logits(ids):
+        traced = nnx.merge(graphdef, params)
+        select_adapters(traced, ids)
+        return traced(tokens)
+
+    both = np.asarray(logits(np.array([0, 1], np.int32)))
+    np.testing.assert_allclose(both[0], np.asarray(plain(tokens))[0], atol=1e-5)
+    # Row 1 is adapter x over the int8 base: near x merged in float (int8 error apart).
+    reference = np.asarray(merged["x"](tokens))[1]
+    assert np.abs(both[1] - reference).max() < 0.05 * np.abs(reference).max()
+    assert np.abs(both[1] - both[0]).max() > 0.1 * np.abs(reference).max()

@@ -86,7 +86,7 @@ def select_adapters(model: nnx.Module, ids: jax.Array) -> None:
     """
     for _, node in nnx.iter_graph(model):
         if isinstance(node, MultiLoraDense):
-            node.rows = ids
+            node.rows = nnx.data(ids)
 
 
 def adapter_names(model: nnx.Module) -> tuple[str, ...]:
