@@ -139,7 +139,7 @@ def _adapter_deltas(name: str, weights: AdapterWeights, modules: Mapping[str, De
     """{module path: (A [in..., r], B * scale [r, out...])} of one adapter, checked."""
     tensors = _per_layer(dict(weights.tensors), modules)
     if not tensors:
-        raise UserError(f"--lora {name}={weights.source} holds no adapter tensors (lora_a / "
+        raise UserError(f"adapter {name!r} ({weights.source}) holds no adapter tensors (lora_a / "
                         "lora_b); pass a folder written by `llmos train` with train.lora "
                         "(model_dir/adapters) or by PEFT.")
     sites: dict[str, dict[str, np.ndarray]] = {}
@@ -148,7 +148,7 @@ def _adapter_deltas(name: str, weights: AdapterWeights, modules: Mapping[str, De
         dense = modules.get(path)
         if dense is None or kind not in ("lora_a", "lora_b"):
             raise UserError(
-                f"--lora {name}={weights.source}: adapter tensor {tensor_name!r} has no "
+                f"adapter {name!r} ({weights.source}): adapter tensor {tensor_name!r} has no "
                 f"projection {path!r} in the served model (its projections are e.g. "
                 f"{list(modules)[:4]}): the adapter was trained for a different base model.")
         value = np.asarray(tensors[tensor_name], np.float32)
@@ -157,7 +157,7 @@ def _adapter_deltas(name: str, weights: AdapterWeights, modules: Mapping[str, De
                 else value.shape[1:] == features)
         if value.ndim != len(features) + 1 or not fits:
             raise UserError(
-                f"--lora {name}={weights.source}: adapter tensor {tensor_name!r} has shape "
+                f"adapter {name!r} ({weights.source}): adapter tensor {tensor_name!r} has shape "
                 f"{value.shape}, which does not fit the served model's {path!r} (in "
                 f"{dense.in_features}, out {dense.out_features}): the adapter was trained for "
                 "a different base model.")
@@ -165,10 +165,10 @@ def _adapter_deltas(name: str, weights: AdapterWeights, modules: Mapping[str, De
     deltas = {}
     for path, parts in sites.items():
         if set(parts) != {"lora_a", "lora_b"}:
-            raise UserError(f"--lora {name}={weights.source}: {path!r} has only "
+            raise UserError(f"adapter {name!r} ({weights.source}): {path!r} has only "
                             f"{sorted(parts)}; an adapter needs lora_a and lora_b.")
         if parts["lora_a"].shape[-1] != parts["lora_b"].shape[0]:
-            raise UserError(f"--lora {name}={weights.source}: {path!r}'s lora_a and lora_b "
+            raise UserError(f"adapter {name!r} ({weights.source}): {path!r}'s lora_a and lora_b "
                             "have different ranks; the file is damaged.")
         deltas[path] = (parts["lora_a"], parts["lora_b"] * weights.config.scale)
     return deltas

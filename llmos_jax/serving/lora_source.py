@@ -53,7 +53,7 @@ def read_adapter_folder(name: str, path: str | os.PathLike, model: nnx.Module) -
 
         config, tensors = read_peft_adapters(folder, model.config)
         return AdapterWeights(config, tensors, str(folder))
-    raise UserError(f"{LORA_FLAG} {name}={path}: {folder} holds no adapters; pass a folder with "
+    raise UserError(f"{LORA_FLAG}={name}={path}: {folder} holds no adapters; pass a folder with "
                     f"{ADAPTERS_FILE} and {CONFIG_FILE} (a train.lora run's model_dir/adapters) "
                     f"or a PEFT folder ({PEFT_CONFIG_FILE} + adapter_model.safetensors).")
 

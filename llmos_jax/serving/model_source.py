@@ -135,7 +135,7 @@ def load_served_model(path: str | os.PathLike, *, name: str | None = None,
     model = loaded.model if quantize is None else quantized_for_serving(loaded.model, quantize)
     model_name = name or _default_name(loaded.folder)
     if model_name in (lora or {}):
-        raise UserError(f"{LORA_FLAG} {model_name}=...: the adapter has the base model's name; "
+        raise UserError(f"{LORA_FLAG}={model_name}=...: the adapter has the base model's name; "
                         "give it another name.")
     model = with_adapters(model, lora or {})
     config = model.config
