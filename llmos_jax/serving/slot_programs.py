@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llmos_jax.compression.multi_lora import select_adapters
 from llmos_jax.inference.decoding_model import (
     is_encoder_decoder,
     unstack_params,
@@ -157,9 +158,11 @@ class SlotPrograms:
     def _model(self, params):
         return nnx.merge(self.graphdef, params)
 
-    def _prefill_chunk(self, params, buffer: KVCache, tokens, start, last, *, read_len: int):
+    def _prefill_chunk(self, params, buffer: KVCache, tokens, start, last, adapter_ids, *,
+                       read_len: int):
         """Writes one chunk [1, C] of a decoder prompt at `start`; logits at chunk index `last`."""
         model = self._model(params)
+        select_adapters(model, adapter_ids)
         positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
         hidden, keys, values = model.extend(tokens, positions=positions, keys=buffer.keys,
                                             values=buffer.values, write_index=start,
@@ -167,9 +170,10 @@ class SlotPrograms:
         last_hidden = jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1)
         return dataclasses.replace(buffer, keys=keys, values=values), model.logits(last_hidden)[:, 0]
 
-    def _prefill_encoder(self, params, prompt, prompt_valid):
+    def _prefill_encoder(self, params, prompt, prompt_valid, adapter_ids):
         """Encodes a [1, bucket] prompt, caches its cross keys/values and runs the start token."""
         model = self._model(params)
+        select_adapters(model, adapter_ids)
         encoded = model.encode(prompt, segment_ids=prompt_valid.astype(jnp.int32))
         cross_keys, cross_values = model.cross_keys_values(encoded)
         pad = self.encoder_context - prompt.shape[1]
@@ -230,11 +234,11 @@ class SlotPrograms:
                      adapter_ids, *, read_len: int):
         """One token for every slot; inactive rows compute but change nothing that is read.
 
-        `adapter_ids` [slots] is the seam for per-slot weights (several adapters over one
-        base in one batch); the base model ignores it.
+        `adapter_ids` [slots]: each row's LoRA adapter (0: the base; see
+        `compression.multi_lora`); a model without adapters ignores it.
         """
-        del adapter_ids
         model = self._model(params)
+        select_adapters(model, adapter_ids)
         cache = state.cache
         write = jnp.minimum(state.lengths, self.context - 1)
         tokens = state.last_tokens[:, None]
@@ -320,20 +324,23 @@ class SlotPrograms:
         return self._buffer_fn()
 
     def prefill_chunk(self, buffer: KVCache, tokens: np.ndarray, start: int,
-                      last: int) -> tuple[KVCache, jax.Array]:
-        """Prefills `tokens` [1, chunk_len] at `start`; logits of chunk index `last`."""
+                      last: int, adapter_id: int = 0) -> tuple[KVCache, jax.Array]:
+        """Prefills `tokens` [1, chunk_len] at `start` with LoRA adapter `adapter_id` (0: the
+        base); logits of chunk index `last`."""
         span = bucket_for(self.prefill_spans, start + self.chunk_len)
         return self._chunk_fn(self.params, buffer, tokens, np.int32(start), np.int32(last),
-                              read_len=span)
+                              np.full((1,), adapter_id, np.int32), read_len=span)
 
-    def prefill_encoder(self, prompt_ids: list[int]) -> tuple[KVCache, jax.Array]:
-        """Encodes a prompt (padded to its bucket) and runs the decoder start token."""
+    def prefill_encoder(self, prompt_ids: list[int],
+                        adapter_id: int = 0) -> tuple[KVCache, jax.Array]:
+        """Encodes a prompt (padded to its bucket) and runs the decoder start token, with
+        LoRA adapter `adapter_id` (0: the base)."""
         bucket = next(b for b in encoder_buckets(self.encoder_context) if b >= len(prompt_ids))
         prompt = np.zeros((1, bucket), np.int32)
         prompt[0, :len(prompt_ids)] = prompt_ids
         valid = np.zeros((1, bucket), bool)
         valid[0, :len(prompt_ids)] = True
-        return self._encode_fn(self.params, prompt, valid)
+        return self._encode_fn(self.params, prompt, valid, np.full((1,), adapter_id, np.int32))
 
     def insert(self, state: SlotState, buffer: KVCache, logits: jax.Array, slot: int,
                length: int, prompt_ids: list[int], stop_ban: np.ndarray, key: np.ndarray,
