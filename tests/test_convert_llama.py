@@ -131,6 +131,8 @@ def _write_config(directory, **changes):
      "config.json rope_scaling.rope_type='dynamic' is not supported"),
     (dict(attn_logit_softcapping=50.0),
      "config.json attn_logit_softcapping=50.0 is not supported"),
+    (dict(final_logit_softcapping=30.0),
+     "config.json final_logit_softcapping=30.0 is not supported"),
     (dict(hidden_act="relu"), "config.json hidden_act='relu' is not supported"),
     (dict(mlp_bias=True), "config.json mlp_bias=True is not supported"),
 ])

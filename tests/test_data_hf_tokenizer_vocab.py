@@ -106,7 +106,40 @@ def test_saved_tokenizer_loads_in_auto_tokenizer_with_the_same_ids(folder, tmp_p
     vocabulary.save_pretrained(tmp_path)
     reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert (reloaded.bos_token, reloaded.eos_token) == ("<s>", "</s>")
-    assert HfTokenizerVocabulary(tmp_path) == vocabulary
+    back = HfTokenizerVocabulary(tmp_path)
     for text in TEXTS.values():
         assert reloaded.decode(vocabulary.encode(text), skip_special_tokens=True) == text
+        # The default call adds BOS (add_bos_token) exactly as our encode does.
+        assert reloaded.encode(text) == vocabulary.encode(text) == back.encode(text)
         assert reloaded.encode(text, add_special_tokens=False) == vocabulary.encode(text)[1:]
+
+
+def test_a_model_export_carries_its_tokenizer_for_transformers(folder, tmp_path):
+    """`export_hf_model(..., tokenizer=)`: AutoTokenizer and AutoModelForCausalLM load the one
+    folder, with BOS/EOS ids in config.json and the same ids and logits as ours."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from llmos_jax.convert.hf_models import export_hf_model
+    from llmos_jax.models import DecoderLM, llama_style_config
+
+    vocabulary = HfTokenizerVocabulary(folder)
+    config = llama_style_config(vocab_size=vocabulary.vocab_size, num_layers=1, embed_dim=16,
+                                num_heads=2, num_kv_heads=1, mlp_dim=24, max_len=128,
+                                scan_layers=False)
+    model = DecoderLM(config, rngs=nnx.Rngs(0))
+    export_hf_model(model, tmp_path, model_type="llama", tokenizer=vocabulary)
+    hf_config = json.loads((tmp_path / "config.json").read_text())
+    assert (hf_config["bos_token_id"], hf_config["eos_token_id"]) == (
+        vocabulary.tokenizer.token_to_id("<s>"), vocabulary.tokenizer.token_to_id("</s>"))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    for text in TEXTS.values():
+        assert tokenizer(text)["input_ids"] == vocabulary.encode(text)  # BOS first
+    ids = tokenizer(TEXTS["code"])["input_ids"]
+    with torch.no_grad():
+        theirs = reloaded(torch.tensor([ids])).logits.numpy()
+    assert np.max(np.abs(np.asarray(model(jnp.asarray([ids]))) - theirs)) < 1e-4

@@ -86,3 +86,20 @@ def test_scores_are_each_choices_log_likelihood_and_accuracy_follows(tmp_path, n
         chosen = chosen_answers(outputs.targets, outputs.scores, normalise=normalise)
         assert metrics[key] == pytest.approx(
             100 * np.mean([chosen[i] == label for i, label in enumerate(labels)]))
+
+
+def test_length_normalisation_divides_by_the_choices_utf8_bytes():
+    """Worked by hand: per byte, the long choice wins where the total favours the short one."""
+    from llmos_jax.metrics.multiple_choice import multiple_choice_accuracy
+
+    # Example 0: " no" (3 bytes) -2.0 vs " absolutely" (11 bytes) -4.4: totals pick " no",
+    # per byte -0.667 vs -0.4 pick " absolutely" (the label). "好" is 3 UTF-8 bytes.
+    targets = [dict(example=0, choice=0, label=1, text=" no"),
+               dict(example=0, choice=1, label=1, text=" absolutely"),
+               dict(example=1, choice=0, label=0, text="好"),
+               dict(example=1, choice=1, label=0, text="ok")]
+    scores = [(-2.0, 1), (-4.4, 3), (-1.5, 1), (-1.2, 1)]  # 1: -0.5/byte vs -0.6/byte
+    assert chosen_answers(targets, scores, normalise=False) == {0: 0, 1: 1}
+    assert chosen_answers(targets, scores, normalise=True) == {0: 1, 1: 0}
+    assert multiple_choice_accuracy(targets, scores) == {"mc_accuracy": 0.0,
+                                                         "mc_accuracy_norm": 100.0}

@@ -114,3 +114,40 @@ def test_minilm_architecture_comes_from_its_config_json():
             config.vocab_size) == (hf["hidden_size"], hf["num_hidden_layers"],
                                    hf["num_attention_heads"], hf["intermediate_size"],
                                    hf["vocab_size"])
+
+
+LLAMA_TINY = dict(vocab_size=61, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                  tie_word_embeddings=False)
+
+
+def test_a_llama_directory_streams_onto_the_trainer_shardings(torch, transformers, tmp_path,
+                                                              monkeypatch):
+    """The streamed warm start equals the read-everything one and lands on the trainer's
+    shardings; the whole-checkpoint reader is never called."""
+    from llmos_jax.models import DecoderLM
+    from llmos_jax.training import warm_start
+
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**LLAMA_TINY)).save_pretrained(
+        tmp_path / "hf", max_shard_size="10KB")
+    assert len(list((tmp_path / "hf").glob("model-*.safetensors"))) > 2  # sharded, with index
+    config = hf_model_config(str(tmp_path / "hf"), scan_layers=True)
+    state, shardings = fresh_state(lambda rngs: DecoderLM(config, rngs=rngs))
+    init_from = InitFrom(hf_dir=str(tmp_path / "hf"))
+    reference, _ = warm_start.merge_pretrained(
+        flat_params(state.params), warm_start.read_hf_params(init_from.hf_dir, config), init_from)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the streamed warm start read the whole checkpoint")
+
+    monkeypatch.setattr(warm_start, "read_hf_params", refuse)
+    params, report = warm_start_params(init_from, state.params, shardings.params, config)
+    assert report.fresh == [] and report.unused == [] and report.reinitialised == []
+    assert sorted(reference) == report.loaded == sorted(flat_params(params))
+    after, target = flat_params(params), flat_params(shardings.params)
+    for name, value in reference.items():
+        np.testing.assert_array_equal(np.asarray(jax.device_get(after[name])), value)
+        assert after[name].sharding == target[name], name
+    # The layout really splits some of them over the mesh.
+    assert any(not leaf.sharding.is_fully_replicated for leaf in after.values())

@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flax import nnx
 
 from llmos_jax.convert import bert, gpt2, hf_checkpoint, llama, t5
 from llmos_jax.errors import UserError
 from llmos_jax.models import families
+
+if TYPE_CHECKING:  # its module imports TensorFlow (seqio); converting does not need it
+    from llmos_jax.data.hf_tokenizer_vocab import HfTokenizerVocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +84,8 @@ def import_hf_model(directory: str | os.PathLike, **overrides: Any) -> nnx.Modul
 
 def export_hf_model(model: nnx.Module, directory: str | os.PathLike, *,
                     model_type: str | None = None,
-                    extra_config: Mapping[str, Any] | None = None) -> None:
+                    extra_config: Mapping[str, Any] | None = None,
+                    tokenizer: HfTokenizerVocabulary | None = None) -> None:
     """Writes `model` as a Hugging Face directory of ``model_type``.
 
     Args:
@@ -90,6 +94,9 @@ def export_hf_model(model: nnx.Module, directory: str | os.PathLike, *,
       model_type: The Hugging Face ``model_type``; None: the one converter of
         the model's family.
       extra_config: Fields added to config.json last (e.g. tokenizer ids).
+      tokenizer: The model's Hugging Face tokenizer: written beside the
+        weights (``transformers.AutoTokenizer`` loads the folder), and its
+        BOS/EOS ids go into config.json unless `extra_config` sets them.
 
     Raises:
       UserError: an unsupported ``model_type``, or one of another family than the model's.
@@ -116,4 +123,9 @@ def export_hf_model(model: nnx.Module, directory: str | os.PathLike, *,
             f"model_type={model_type!r} exports model family {converter.family!r}, but "
             f"{type(model).__name__} is of family {family.name!r}; pass the model_type of its "
             f"family ({', '.join(own) or 'none'}).")
+    if tokenizer is not None:
+        ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+        extra_config = {**{k: v for k, v in ids.items() if v is not None}, **(extra_config or {})}
     converter.export_model(model, directory, extra_config=extra_config)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)

@@ -44,7 +44,7 @@ from flax import nnx
 from llmos_jax.convert import hf_checkpoint
 from llmos_jax.convert.model_params import (abstract_model, apply_overrides, convert_into,
                                             converted_params, host_params)
-from llmos_jax.convert.streaming_load import layout_shardings, stream_into
+from llmos_jax.convert.streaming_load import ShardingOf, layout_shardings, stream_into
 from llmos_jax.convert.tensor_mapping import (LAYER, MappingTable, TensorRule, bias_to_heads,
                                               heads_to_linear, linear_to_heads, renamed,
                                               transposed)
@@ -255,8 +255,13 @@ def load_llama_params(checkpoint: hf_checkpoint.HfCheckpoint,
                             checkpoint.tensors, checkpoint.weights_description)
 
 
+def abstract_llama(directory: str | os.PathLike, **overrides: Any) -> DecoderLM:
+    """The structure (shapes and dtypes, no memory) `import_llama` fills for `directory`."""
+    return _abstract_decoder(config_from_hf(hf_checkpoint.read_config(directory), **overrides))
+
+
 def import_llama(directory: str | os.PathLike, *, layout: Layout | None = None,
-                 **overrides: Any) -> DecoderLM:
+                 shardings: ShardingOf | None = None, **overrides: Any) -> DecoderLM:
     """A ``DecoderLM`` with the weights of a Llama, Mistral, Qwen2 or Gemma directory.
 
     Tensors are streamed (`llmos_jax.convert.streaming_load`): read one at a
@@ -268,13 +273,17 @@ def import_llama(directory: str | os.PathLike, *, layout: Layout | None = None,
         with ``model.safetensors.index.json``).
       layout: Where the parameters go (each by its logical axes); None: the
         default device.
+      shardings: Instead of `layout`, each parameter's sharding by path (a
+        warm start places parameters on the trainer's own shardings).
       **overrides: Fields config.json does not fix, e.g. ``scan_layers=False``.
     """
+    if layout is not None and shardings is not None:
+        raise ValueError("import_llama takes layout or shardings, not both")
     hf_config = hf_checkpoint.read_config(directory)
     config = config_from_hf(hf_config, **overrides)
     abstract = _abstract_decoder(config)
     return stream_into(abstract, mapping_table(config, hf_config["model_type"]), directory,
-                       layout_shardings(abstract, layout))
+                       shardings or layout_shardings(abstract, layout))
 
 
 def import_llama_in_memory(directory: str | os.PathLike, **overrides: Any) -> DecoderLM:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import seqio
 import tensorflow as tf
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 
 import gin
 from llmos_jax.errors import UserError
@@ -108,12 +108,16 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         """Writes ``tokenizer.json`` and ``tokenizer_config.json`` into `directory`.
 
         ``transformers.AutoTokenizer.from_pretrained(directory)`` then loads a
-        fast tokenizer with the same ids, BOS/EOS and ``add_bos_token`` (put the
-        folder beside an exported model's ``config.json``).
+        fast tokenizer whose default encoding (``add_special_tokens=True``, as
+        lm-evaluation-harness and pipelines call it) gives exactly `encode`'s
+        ids, BOS included (put the folder beside an exported model's
+        ``config.json``). transformers' generic fast tokenizer ignores
+        ``add_bos_token``; it runs the file's post-processor, so where that
+        does not already add the BOS alone, the written file gets one that does.
         """
         directory = pathlib.Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / TOKENIZER_FILE).write_bytes(self._json)
+        (directory / TOKENIZER_FILE).write_bytes(self._json_for_transformers())
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self._bos_token,
                   "eos_token": self._eos_token, "add_bos_token": self._add_bos,
                   "add_eos_token": False}
@@ -124,6 +128,20 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
         digest = hashlib.sha256(self._json)
         digest.update(json.dumps(self.settings, sort_keys=True).encode())
         return digest.hexdigest()
+
+    def _json_for_transformers(self) -> bytes:
+        """The file, with a post-processor that adds what `encode` adds (BOS or nothing)."""
+        probe = "a b"
+        plain = self._tokenizer.encode(probe, add_special_tokens=False).ids
+        wanted = [self.bos_id] if self._add_bos else []
+        if self._tokenizer.encode(probe).ids == wanted + plain:
+            return self._json
+        tokenizer = Tokenizer.from_str(self._json.decode("utf-8"))
+        prefix = f"{self._bos_token} " if self._add_bos else ""
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{prefix}$A", pair=f"{prefix}$A {prefix}$B:1",
+            special_tokens=[(self._bos_token, self.bos_id)] if self._add_bos else [])
+        return tokenizer.to_str(pretty=True).encode("utf-8")
 
     @property
     def bos_id(self) -> int | None:

@@ -171,31 +171,34 @@ def align_prefixes(source: Mapping[str, Any], target: Mapping[str, Any]) -> tupl
     return strip, add
 
 
-def merge_pretrained(fresh: Mapping[str, Any], source: Mapping[str, np.ndarray],
-                     init_from: InitFrom) -> tuple[dict[str, np.ndarray], WarmStartReport]:
-    """Which source arrays replace which fresh parameters (paths and shapes must match).
+def match_pretrained(fresh: Mapping[str, Any], source: Mapping[str, Any],
+                     init_from: InitFrom) -> tuple[dict[str, str], WarmStartReport]:
+    """Which source parameter fills which fresh one (paths and shapes must match).
 
     Args:
       fresh: Target path -> array or ShapeDtypeStruct.
-      source: Source path -> host array.
+      source: Source path -> anything with a ``shape`` (nothing is read).
+
+    Returns:
+      Target path -> source path for every parameter to load, and the report.
 
     Raises:
       UserError: a shared parameter with another shape (unless `reinit_mismatched`),
         or nothing at all matching.
     """
     strip, add = align_prefixes(source, fresh)
-    renamed = {add + p[len(strip):]: value for p, value in source.items() if p.startswith(strip)}
+    renamed = {add + p[len(strip):]: p for p in source if p.startswith(strip)}
     loaded, reinitialised, mismatches = {}, [], []
     for path, target in fresh.items():
         if path not in renamed:
             continue
-        value = renamed[path]
-        if tuple(value.shape) != tuple(target.shape):
-            mismatches.append(f"{path!r} is {tuple(value.shape)} in {init_from.source} but "
+        shape = tuple(source[renamed[path]].shape)
+        if shape != tuple(target.shape):
+            mismatches.append(f"{path!r} is {shape} in {init_from.source} but "
                               f"{tuple(target.shape)} in the model")
             reinitialised.append(path)
             continue
-        loaded[path] = np.asarray(value).astype(target.dtype)
+        loaded[path] = renamed[path]
     if mismatches and not init_from.reinit_mismatched:
         raise UserError(f"cannot warm-start from {init_from.source}: parameter {mismatches[0]}"
                         f"{f' (and {len(mismatches) - 1} more)' if len(mismatches) > 1 else ''}. "
@@ -205,7 +208,7 @@ def merge_pretrained(fresh: Mapping[str, Any], source: Mapping[str, np.ndarray],
         raise UserError(f"no parameter of {init_from.source} matches the model (source paths "
                         f"like {sorted(source)[:3]}, model paths like {sorted(fresh)[:3]}); is "
                         "it the same model family?")
-    used = {strip + p[len(add):] for p in loaded} | {strip + p[len(add):] for p in reinitialised}
+    used = set(loaded.values()) | {renamed[p] for p in reinitialised}
     report = WarmStartReport(
         source=init_from.source, loaded=sorted(loaded),
         fresh=sorted(set(fresh) - set(loaded)), unused=sorted(set(source) - used),
@@ -214,30 +217,98 @@ def merge_pretrained(fresh: Mapping[str, Any], source: Mapping[str, np.ndarray],
     return loaded, report
 
 
+def merge_pretrained(fresh: Mapping[str, Any], source: Mapping[str, np.ndarray],
+                     init_from: InitFrom) -> tuple[dict[str, np.ndarray], WarmStartReport]:
+    """The source arrays (cast to the target dtype) that replace fresh parameters, by target path."""
+    matches, report = match_pretrained(fresh, source, init_from)
+    return ({path: np.asarray(source[origin]).astype(fresh[path].dtype)
+             for path, origin in matches.items()}, report)
+
+
 def warm_start_params(init_from: InitFrom, params, param_shardings,
                       config: TransformerConfig) -> tuple[Any, WarmStartReport]:
     """`params` (freshly initialised, sharded) with every matching pretrained parameter loaded.
 
-    Each host reads the whole source and keeps the shards its devices hold.
+    A Llama-family Hugging Face directory streams tensor by tensor onto the
+    trainer's shardings (`llmos_jax.convert.streaming_load`), so the host never
+    holds the model; other sources are read whole by each host, which keeps
+    the shards its devices hold.
     """
-    source = (read_our_params(init_from.checkpoint) if init_from.checkpoint is not None
-              else read_hf_params(init_from.hf_dir, config))
     fresh_flat = flat_params(params)
-    loaded, report = merge_pretrained(fresh_flat, source, init_from)
     shardings_flat = flat_params(param_shardings)
-
-    def replace(name, leaf):
-        if name not in loaded:
-            return leaf
-        value = loaded[name]
-        return jax.make_array_from_callback(value.shape, shardings_flat[name],
-                                            lambda index: value[index])
-
+    if init_from.hf_dir is not None and _streams(init_from.hf_dir):
+        loaded, report = stream_hf_params(init_from, fresh_flat, shardings_flat, config)
+    else:
+        source = (read_our_params(init_from.checkpoint) if init_from.checkpoint is not None
+                  else read_hf_params(init_from.hf_dir, config))
+        host_loaded, report = merge_pretrained(fresh_flat, source, init_from)
+        del source
+        loaded = {name: _put(value, shardings_flat[name]) for name, value in host_loaded.items()}
+        del host_loaded
     log_report(report)
     # `flat_params` names the leaves in flattening order.
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    return treedef.unflatten([replace(name, leaf)
+    return treedef.unflatten([loaded.get(name, leaf)
                               for name, leaf in zip(fresh_flat, leaves)]), report
+
+
+def _put(value: np.ndarray, sharding) -> jax.Array:
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def _streams(location: str) -> bool:
+    """Whether the directory's family loads tensor by tensor (the Llama family)."""
+    from llmos_jax.convert import hf_checkpoint, llama
+    directory = resolve_path(location, "InitFrom.hf_dir")
+    return hf_checkpoint.read_config(directory).get("model_type") in llama.MODEL_TYPES
+
+
+def stream_hf_params(init_from: InitFrom, fresh: Mapping[str, Any],
+                     shardings: Mapping[str, Any],
+                     config: TransformerConfig) -> tuple[dict[str, jax.Array], WarmStartReport]:
+    """A Llama-family directory's parameters streamed onto the trainer's shardings.
+
+    Paths and shapes are matched from the file headers first; each matched
+    tensor is then read, converted and placed straight on its target's
+    sharding. Source parameters the model does not use land on one local
+    device and are dropped.
+
+    Args:
+      init_from: Its `hf_dir` names the directory.
+      fresh: Target path -> the fresh parameter (its shape and dtype).
+      shardings: Target path -> its sharding.
+      config: The trainer's model config (its `scan_layers` and `param_dtype`).
+
+    Returns:
+      Target path -> placed array for every loaded parameter, and the report.
+    """
+    from flax import nnx
+
+    from llmos_jax.convert import llama
+    from llmos_jax.convert.model_params import param_specs
+
+    directory = resolve_path(init_from.hf_dir, "InitFrom.hf_dir")
+    overrides = dict(scan_layers=config.scan_layers, param_dtype=config.param_dtype)
+    source = {_path_name(path): jax.ShapeDtypeStruct(shape, dtype) for path, (shape, dtype)
+              in param_specs(llama.abstract_llama(directory, **overrides)).items()}
+    matches, report = match_pretrained(fresh, source, init_from)
+    target_of = {origin: path for path, origin in matches.items()}
+    elsewhere = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    model = llama.import_llama(
+        directory, **overrides,
+        shardings=lambda path: shardings.get(target_of.get(_path_name(path)), elsewhere))
+    streamed = flat_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    del model
+    loaded = {}
+    for path, origin in matches.items():
+        value, dtype = streamed.pop(origin), fresh[path].dtype
+        loaded[path] = value if value.dtype == dtype else jax.jit(
+            lambda x, dtype=dtype: x.astype(dtype), out_shardings=shardings[path])(value)
+    return loaded, report
+
+
+def _path_name(path) -> str:
+    return "/".join(str(part) for part in path)
 
 
 def log_report(report: WarmStartReport) -> None:
