@@ -3,14 +3,18 @@
 The running batch is a `SlotState`: one preallocated KV cache with a row per
 slot, and per slot its length (the next cache position it writes, so each row
 masks and positions by its own length), last token, generated-token counts,
-prompt tokens, banned-until-`min_tokens` tokens and random key. A request's
-prompt is prefilled into a one-row buffer, `prefill_chunk` tokens per call, so a
-long prompt costs the running streams one chunk per engine iteration rather
-than the whole prompt at once; the finished buffer is then copied into a free
-row (`insert`), which also chooses the request's first token with its settings.
+prompt tokens, banned-until-`min_tokens` tokens and random key. Prompts are
+prefilled into a buffer of a few rows (a prefill group: up to `prefill_rows`
+waiting requests at once, so a burst of arrivals is admitted in a few large
+matmuls rather than one prompt per step), `prefill_chunk` tokens of each per
+call, so a long prompt costs the running streams one chunk per engine iteration
+rather than the whole prompt at once. Each finished row is then copied into a
+free slot (`insert`), which also chooses the request's first token with its
+settings.
 
-Every program has a fixed set of shapes (one prefill chunk size; for
-encoder-decoders, a few encoder-length buckets), and `warm_up` runs each
+Every program has a fixed set of shapes (one prefill chunk size, group sizes
+1, 2, 4, ... up to `prefill_rows`; for encoder-decoders, one row and a few
+encoder-length buckets), and `warm_up` runs each
 before the server reports ready, so a running server never compiles;
 `compilations` counts what was compiled (the engine exports it to /metrics,
 and a test checks it does not move after warm-up). The state is donated to
@@ -86,12 +90,15 @@ class SlotPrograms:
       context: Cache positions per row (prompt + generated; decoder positions for
         encoder-decoders).
       prefill_chunk: Prompt tokens per prefill call (decoders).
+      prefill_rows: Most prompts prefilled together (decoders; a group's size is
+        bucketed to 1, 2, 4, ...). Encoder-decoders prefill one at a time.
       decoder_start_id: Encoder-decoders' first decoder token.
       encoder_context: Longest encoder input (encoder-decoders).
     """
 
     def __init__(self, model: nnx.Module, *, slots: int, context: int, prefill_chunk: int,
-                 decoder_start_id: int = 0, encoder_context: int | None = None):
+                 prefill_rows: int = 1, decoder_start_id: int = 0,
+                 encoder_context: int | None = None):
         self.encoder_decoder = is_encoder_decoder(model)
         self.config = config = model.config
         self.slots, self.context = slots, context
@@ -106,6 +113,8 @@ class SlotPrograms:
                            else doubling_buckets(context, READ_SPAN_SMALLEST))
         self.prefill_spans = doubling_buckets(self.buffer_len,
                                               max(READ_SPAN_SMALLEST, self.chunk_len))
+        largest_group = 1 if self.encoder_decoder else max(1, min(prefill_rows, slots))
+        self.group_sizes = doubling_buckets(largest_group, 1)
         self.decoder_start_id = decoder_start_id
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         if config.scan_layers:  # decoding reads per-layer weights in place
@@ -117,7 +126,8 @@ class SlotPrograms:
         self._shard = model.shard
         self._programs: list[Callable] = []
         self._init_fn = self._jit(self._init_state)
-        self._buffer_fn = self._jit(lambda: self._cache(1, self.buffer_len, None))
+        self._buffer_fn = self._jit(lambda rows: self._cache(rows, self.buffer_len, None),
+                                    static=("rows",))
         self._chunk_fn = self._jit(self._prefill_chunk, donate=(1,), static=("read_len",))
         self._encode_fn = self._jit(self._prefill_encoder)
         self._insert_fn = self._jit(self._insert, donate=(0,))
@@ -157,15 +167,24 @@ class SlotPrograms:
     def _model(self, params):
         return nnx.merge(self.graphdef, params)
 
-    def _prefill_chunk(self, params, buffer: KVCache, tokens, start, last, *, read_len: int):
-        """Writes one chunk [1, C] of a decoder prompt at `start`; logits at chunk index `last`."""
+    def _prefill_chunk(self, params, buffer: KVCache, final_logits, tokens, start, last, ends,
+                       *, read_len: int):
+        """Writes one chunk [G, C] of G decoder prompts at `start` (the same for every row).
+
+        Row i's logits at chunk index `last[i]` replace its row of `final_logits` where
+        `ends[i]` (its prompt ends in this chunk); a row whose prompt ended earlier keeps
+        the logits it had, whatever this chunk computes for it.
+        """
         model = self._model(params)
-        positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+        rows, length = tokens.shape
+        positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (rows, length))
         hidden, keys, values = model.extend(tokens, positions=positions, keys=buffer.keys,
                                             values=buffer.values, write_index=start,
                                             key_valid=buffer.key_valid, read_len=read_len)
-        last_hidden = jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1)
-        return dataclasses.replace(buffer, keys=keys, values=values), model.logits(last_hidden)[:, 0]
+        last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
+        logits = model.logits(last_hidden)[:, 0]
+        final_logits = jnp.where(ends[:, None], logits, final_logits)
+        return dataclasses.replace(buffer, keys=keys, values=values), final_logits
 
     def _prefill_encoder(self, params, prompt, prompt_valid):
         """Encodes a [1, bucket] prompt, caches its cross keys/values and runs the start token."""
@@ -189,9 +208,14 @@ class SlotPrograms:
             encoder_valid=buffer.encoder_valid)
         return dataclasses.replace(buffer, keys=keys, values=values), model.logits(hidden)[:, 0]
 
-    def _insert(self, state: SlotState, buffer: KVCache, logits, slot, length, prompt_ids,
+    def _insert(self, state: SlotState, buffer: KVCache, logits, row, slot, length, prompt_ids,
                 stop_ban, key, settings: SlotSettings):
-        """Copies a prefilled one-row buffer into row `slot` and chooses its first token."""
+        """Copies row `row` of a prefilled buffer into slot `slot`; chooses its first token."""
+        def take(a):  # row `row` of a [G, ...] buffer array, as [1, ...]
+            return jax.lax.dynamic_slice_in_dim(a, row, 1, axis=0)
+
+        buffer = jax.tree.map(take, buffer)
+        logits = take(logits)
         vocab = self.vocab_size
         prompt_seen = jnp.zeros((vocab,), bool).at[prompt_ids].max(prompt_ids >= 0)[None]
         counts = jnp.zeros((1, vocab), jnp.int32)
@@ -291,13 +315,17 @@ class SlotPrograms:
             if self.encoder_decoder:
                 for bucket in encoder_buckets(self.encoder_context):
                     buffer, logits = self.prefill_encoder([0] * bucket)
-            else:
-                buffer = self.empty_buffer()
+                state, _ = self.insert(state, buffer, logits, 0, slot, 1, [0], no_ban, key, one)
+                continue
+            for rows in self.group_sizes:
+                buffer, logits = self.empty_buffer(rows), self.no_logits(rows)
                 for span in self.prefill_spans:  # a chunk ending at each span's end
                     buffer, logits = self.prefill_chunk(
-                        buffer, np.zeros((1, self.chunk_len), np.int32),
-                        span - self.chunk_len, 0)
-            state, _ = self.insert(state, buffer, logits, slot, 1, [0], no_ban, key, one)
+                        buffer, logits, np.zeros((rows, self.chunk_len), np.int32),
+                        span - self.chunk_len, np.zeros((rows,), np.int32),
+                        np.ones((rows,), bool))
+                state, _ = self.insert(state, buffer, logits, rows - 1, slot, 1, [0], no_ban,
+                                       key, one)
         every = settings_rows([None] * self.slots)
         active = np.zeros((self.slots,), bool)
         adapters = np.zeros((self.slots,), np.int32)
@@ -316,15 +344,24 @@ class SlotPrograms:
         """Longest prompt a slot takes (the encoder input for encoder-decoders)."""
         return self.encoder_context if self.encoder_decoder else self.context
 
-    def empty_buffer(self) -> KVCache:
-        return self._buffer_fn()
+    def empty_buffer(self, rows: int = 1) -> KVCache:
+        """A prefill buffer for a group of `rows` prompts (one of `group_sizes`)."""
+        return self._buffer_fn(rows=rows)
 
-    def prefill_chunk(self, buffer: KVCache, tokens: np.ndarray, start: int,
-                      last: int) -> tuple[KVCache, jax.Array]:
-        """Prefills `tokens` [1, chunk_len] at `start`; logits of chunk index `last`."""
+    def no_logits(self, rows: int = 1) -> np.ndarray:
+        """The `final_logits` a group starts from (replaced as each prompt ends)."""
+        return np.zeros((rows, self.vocab_size), np.float32)
+
+    def prefill_chunk(self, buffer: KVCache, final_logits, tokens: np.ndarray, start: int,
+                      last: np.ndarray, ends: np.ndarray) -> tuple[KVCache, jax.Array]:
+        """Prefills `tokens` [G, chunk_len] at `start` (`buffer` is donated).
+
+        Returns the buffer and `final_logits` [G, vocab], whose row i is replaced by the
+        logits at chunk index `last[i]` where `ends[i]`.
+        """
         span = bucket_for(self.prefill_spans, start + self.chunk_len)
-        return self._chunk_fn(self.params, buffer, tokens, np.int32(start), np.int32(last),
-                              read_len=span)
+        return self._chunk_fn(self.params, buffer, final_logits, tokens, np.int32(start),
+                              np.asarray(last, np.int32), np.asarray(ends, bool), read_len=span)
 
     def prefill_encoder(self, prompt_ids: list[int]) -> tuple[KVCache, jax.Array]:
         """Encodes a prompt (padded to its bucket) and runs the decoder start token."""
@@ -335,14 +372,15 @@ class SlotPrograms:
         valid[0, :len(prompt_ids)] = True
         return self._encode_fn(self.params, prompt, valid)
 
-    def insert(self, state: SlotState, buffer: KVCache, logits: jax.Array, slot: int,
+    def insert(self, state: SlotState, buffer: KVCache, logits: jax.Array, row: int, slot: int,
                length: int, prompt_ids: list[int], stop_ban: np.ndarray, key: np.ndarray,
                settings: SlotSettings) -> tuple[SlotState, Choice]:
-        """Puts a prefilled request into row `slot` (`state` is donated) and chooses its
-        first token."""
+        """Puts row `row` of a prefilled buffer into slot `slot` (`state` is donated) and
+        chooses its first token."""
         padded = np.full((self.prompt_capacity,), -1, np.int32)
         padded[:len(prompt_ids)] = prompt_ids
-        return self._insert_fn(state, buffer, logits, np.int32(slot), np.int32(length), padded,
+        return self._insert_fn(state, buffer, logits, np.int32(row), np.int32(slot),
+                               np.int32(length), padded,
                                stop_ban, key, settings)
 
     def decode_step(self, state: SlotState, settings: SlotSettings, active: np.ndarray,
