@@ -316,8 +316,8 @@ def test_tensor_parallel_serving_equals_one_device(decoder):
                                                       shard=shard), decoder)
     engine = ServingEngine(sharded, max_slots=SLOTS, prefill_chunk=CHUNK)
     engine.start()
-    cache = engine._state.cache.keys[0]
-    assert len(cache.sharding.device_set) == 8
+    for block in engine._state.cache.keys[0].blocks:  # each block of the cache is split
+        assert len(block.sharding.device_set) == 8
     collector = Collector()
     for i, prompt in enumerate(PROMPTS[:4]):
         submit(engine, collector, f"s{i}", prompt, temperature=0.0, max_tokens=6)

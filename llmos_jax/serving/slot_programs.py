@@ -1,7 +1,9 @@
 """The serving engine's device programs: chunked prefill, insert into a slot, one decode step.
 
 The running batch is a `SlotState`: one preallocated KV cache with a row per
-slot, and per slot its length (the next cache position it writes, so each row
+slot (for decoders, each layer's keys and values split into blocks of
+`READ_SPAN_SMALLEST` slots, `llmos_jax.models.cache_blocks`, so a step reads the
+prefix its longest row needs without copying it), and per slot its length (the next cache position it writes, so each row
 masks and positions by its own length), last token, generated-token counts,
 prompt tokens, banned-until-`min_tokens` tokens and random key. Prompts are
 prefilled into a buffer of a few rows (a prefill group: up to `prefill_rows`
@@ -37,7 +39,8 @@ from llmos_jax.inference.decoding_model import (
     unstack_params,
     unstacked_structure,
 )
-from llmos_jax.inference.kv_cache import KVCache, empty_cache
+from llmos_jax.inference.kv_cache import CACHE_AXES, KVCache, empty_cache
+from llmos_jax.models.cache_blocks import CacheBlocks
 from llmos_jax.serving.slot_sampling import Choice, SlotSettings, choose_tokens, settings_rows
 
 Params = Any
@@ -151,11 +154,25 @@ class SlotPrograms:
         return dataclasses.replace(cache, cross_keys=cross.keys, cross_values=cross.values,
                                    encoder_valid=cross.key_valid)
 
+    def _slot_cache(self) -> KVCache:
+        """The running batch's cache: blocked for decoders (see the module docstring)."""
+        if self.encoder_decoder:
+            return self._cache(self.slots, self.context, self.encoder_context)
+        config, block_len = self.config, self.step_spans[0]
+
+        def layer() -> CacheBlocks:
+            return CacheBlocks.zeros(self.slots, config.num_kv_heads, self.context,
+                                     config.head_dim, config.compute_dtype, block_len).map(
+                lambda block: self._shard(block, CACHE_AXES))
+
+        return KVCache(keys=tuple(layer() for _ in range(self.num_layers)),
+                       values=tuple(layer() for _ in range(self.num_layers)),
+                       key_valid=jnp.ones((self.slots, self.context), bool))
+
     def _init_state(self) -> SlotState:
         slots, vocab = self.slots, self.vocab_size
-        encoder_len = self.encoder_context if self.encoder_decoder else None
         zeros = jnp.zeros((slots,), jnp.int32)
-        return SlotState(cache=self._cache(slots, self.context, encoder_len), lengths=zeros,
+        return SlotState(cache=self._slot_cache(), lengths=zeros,
                          last_tokens=zeros, generated=zeros,
                          counts=jnp.zeros((slots, vocab), jnp.int32),
                          prompt_seen=jnp.zeros((slots, vocab), bool),
@@ -227,12 +244,18 @@ class SlotPrograms:
             start = (slot,) + (0,) * (target.ndim - 1)
             return jax.lax.dynamic_update_slice(target, row.astype(target.dtype), start)
 
-        context = self.context
+        def put_layer(target, row):  # a row's whole cache [1, heads, >= context, head_dim]
+            if isinstance(target, CacheBlocks):
+                return CacheBlocks(tuple(
+                    put(block, row[:, :, start:start + block.shape[2]])
+                    for start, block in zip(target.starts, target.blocks)))
+            return put(target, row[:, :, :self.context])
+
         cache = state.cache
         cache = dataclasses.replace(
             cache,
-            keys=tuple(put(t, b[:, :, :context]) for t, b in zip(cache.keys, buffer.keys)),
-            values=tuple(put(t, b[:, :, :context]) for t, b in zip(cache.values, buffer.values)),
+            keys=tuple(put_layer(t, b) for t, b in zip(cache.keys, buffer.keys)),
+            values=tuple(put_layer(t, b) for t, b in zip(cache.values, buffer.values)),
             cross_keys=tuple(put(t, b) for t, b in zip(cache.cross_keys, buffer.cross_keys)),
             cross_values=tuple(put(t, b) for t, b in zip(cache.cross_values,
                                                          buffer.cross_values)),
