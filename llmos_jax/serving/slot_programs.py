@@ -342,11 +342,14 @@ class SlotPrograms:
                 continue
             for rows in self.group_sizes:
                 buffer, logits = self.empty_buffer(rows), self.no_logits(rows)
-                for span in self.prefill_spans:  # a chunk ending at each span's end
-                    buffer, logits = self.prefill_chunk(
-                        buffer, logits, np.zeros((rows, self.chunk_len), np.int32),
-                        span - self.chunk_len, np.zeros((rows,), np.int32),
-                        np.ones((rows,), bool))
+                # A chunk ending at each span's end, each twice: a group's first chunk
+                # takes a fresh buffer and host logits, the next ones the previous outputs.
+                for span in self.prefill_spans:
+                    for _ in range(2):
+                        buffer, logits = self.prefill_chunk(
+                            buffer, logits, np.zeros((rows, self.chunk_len), np.int32),
+                            span - self.chunk_len, np.zeros((rows,), np.int32),
+                            np.ones((rows,), bool))
                 state, _ = self.insert(state, buffer, logits, rows - 1, slot, 1, [0], no_ban,
                                        key, one)
         every = settings_rows([None] * self.slots)
