@@ -41,6 +41,9 @@ def eval_command() -> Command:
         Flag("batch_size", "N", "Examples per model call (default 32; rounded up to a multiple "
              "of the mesh's data-parallel size)."),
         Flag("max_examples", "N", "Evaluate only the first N examples of the split."),
+        Flag("quantize", "int8", "Quantize the restored weights as `llmos serve --quantize=int8` "
+             "does (int8 per output channel, dense layers and token embeddings); results go "
+             "to MODEL_DIR/eval_int8 unless --output_dir is given."),
     )
     return Command(
         name="eval",
@@ -71,11 +74,13 @@ def run_eval(flags: ParsedFlags) -> int:
         task=flags.one("task"), split=flags.one("split"),
         batch_size=flags.positive_int("batch_size", 32),
         max_examples=flags.positive_int("max_examples", None),
-        output_dir=flags.one("output_dir"))
+        output_dir=flags.one("output_dir"), quantize=flags.one("quantize"))
     print(json.dumps({"step": step, "split": split, "results": results}, indent=2,
                      sort_keys=True))
     print(f"results written to {output_dir / 'eval_results'} and {output_dir / 'tensorboard'}")
-    if fetched is not None:
+    if fetched is not None and flags.one("quantize"):
+        print(f"not recorded on {fetched.uri}: these results are of its quantized weights")
+    elif fetched is not None:
         from llmos_jax.registry.store import open_store
         from llmos_jax.registry.versions import record_eval
 
@@ -87,7 +92,8 @@ def run_eval(flags: ParsedFlags) -> int:
 def evaluate_checkpoint(checkpoint: str, gin_files: list[str], bindings: list[str],
                         sources: list[str], *, search_paths: list[str] = (),
                         task: str | None = None, split: str | None = None, batch_size: int = 32,
-                        max_examples: int | None = None, output_dir: str | None = None):
+                        max_examples: int | None = None, output_dir: str | None = None,
+                        quantize: str | None = None):
     """Evaluates one checkpoint; returns (step, split, results by task, output folder).
 
     Parses gin afresh, so one process may evaluate several runs in turn
@@ -111,7 +117,7 @@ def evaluate_checkpoint(checkpoint: str, gin_files: list[str], bindings: list[st
     split = split or model_loading.train_settings()["eval_split"]
     loaded = model_loading.load_for_inference(
         gin_files, checkpoint=checkpoint, task_name=task, split=split,
-        devices=jax.devices(), parse=False, location=location)
+        devices=jax.devices(), parse=False, location=location, quantize=quantize)
     batch_size = mesh_batch_size(batch_size, loaded.mesh)
     provider = loaded.first_task
     lengths = feature_lengths(loaded.settings["sequence_length"], provider)
@@ -121,6 +127,8 @@ def evaluate_checkpoint(checkpoint: str, gin_files: list[str], bindings: list[st
         decode_config=model_loading.decode_config_from_gin(loaded.vocabularies.outputs))
 
     output_path = pathlib.Path(output_dir or location.model_dir)
+    if quantize and not output_dir:  # the float results of this step stay where they are
+        output_path = output_path / f"eval_{quantize}"
     log.info("evaluating %s (step %d) on %s/%s", location.path, location.step,
              loaded.task_name, split)
     results = evaluate(loaded.task_name, split, **functions, output_dir=output_path,

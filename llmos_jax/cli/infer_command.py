@@ -43,6 +43,8 @@ def infer_command() -> Command:
              "finished chunks are kept in FILE.parts/ until all are done."),
         Flag("chunk_size", "N", "Requests per saved chunk, the unit a rerun skips (default 64)."),
         Flag("batch_size", "N", "Requests decoded together (default: the chunk size)."),
+        Flag("quantize", "int8", "Quantize the restored weights as `llmos serve --quantize=int8` "
+             "does (int8 per output channel, dense layers and token embeddings)."),
         Flag("strict", "BOOL", "true: stop at the first malformed JSONL line; false (default): "
              "write an error record for it and go on."),
         Flag("stop_after_chunks", "N", "Decode at most N chunks, then stop (rerun to continue)."),
@@ -103,7 +105,7 @@ def run_infer(flags: ParsedFlags) -> int:
     split = (flags.one("split") or "validation") if task else None
     loaded = load_for_inference(gin_files, bindings, checkpoint=checkpoint, task_name=task,
                                 split=split, search_paths=flags.all("gin_search_path"),
-                                binding_sources=sources)
+                                binding_sources=sources, quantize=flags.one("quantize"))
     vocabularies = loaded.vocabularies
     config = decode_config_from_gin(vocabularies.outputs)
     if task:
@@ -121,6 +123,7 @@ def run_infer(flags: ParsedFlags) -> int:
         return tokens + [eos] if add_eos and tokens else tokens
 
     manifest: dict[str, Any] = {"checkpoint": str(loaded.location.path),
+                                "quantize": flags.one("quantize"),
                                 "step": loaded.location.step,
                                 "decode_config": json.loads(json.dumps(
                                     dataclasses.asdict(config)))}

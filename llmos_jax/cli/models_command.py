@@ -74,7 +74,8 @@ def _register(flags: ParsedFlags) -> int:
     if not model_dir or not name:
         raise UserError("llmos models register needs --model_dir and --name, e.g. "
                         f"{COMMANDS['models register'].example}")
-    version = register_export(_store(flags), name, model_dir, parent=flags.one("parent"))
+    version = register_export(_store(flags), name, model_dir, parent=flags.one("parent"),
+                              compression_method=flags.one("compression"))
     print(f"registered {model_dir} as models:/{name}/{version.version}")
     return 0
 
@@ -163,12 +164,17 @@ COMMANDS: dict[str, Command] = {
         positionals=("NAME", "V1", "V2")),
     "models register": _command(
         "models register", "Register a run's export as a new version (its own copy).",
-        "llmos models register --model_dir=DIR --name=NAME [--parent=NAME/VERSION]",
+        "llmos models register --model_dir=DIR --name=NAME [--parent=NAME/VERSION] "
+        "[--compression=lora|distillation|int8]",
         "llmos models register --model_dir=runs/shakespeare --name=shakespeare", _register,
         flags=(Flag("model_dir", "DIR", "The run (its export/) or an export folder."),
                Flag("name", "NAME", "The registered model (created on first use)."),
                Flag("parent", "NAME/VERSION", "The version it was trained from (default: "
-                    "read from the run's warm start)."))),
+                    "read from the run's warm start)."),
+               Flag("compression", "METHOD", "lora, distillation or int8: the version is "
+                    "--parent made smaller; records the method, parameter bytes and size "
+                    "against the parent (lora: also registers model_dir/adapters; int8: "
+                    "serve it with --quantize=int8)."))),
     "models promote": _command(
         "models promote", "Move an alias to a candidate only if it wins on a held-out task.",
         "llmos models promote NAME --candidate=V --alias=ALIAS --metric=M --task=T "

@@ -165,7 +165,8 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
                        binding_sources: Sequence[str] | None = None,
                        devices: Sequence[jax.Device] | None = None,
                        parse: bool = True,
-                       location: CheckpointLocation | None = None) -> InferenceModel:
+                       location: CheckpointLocation | None = None,
+                       quantize: str | None = None) -> InferenceModel:
     """Parses the run's gin files, checks the vocabulary, builds the model and restores it.
 
     Args:
@@ -183,6 +184,8 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
         this host's devices, so each host decodes its own requests.
       parse: False when the caller has already parsed gin.
       location: `find_checkpoint(checkpoint)`, when the caller has it already.
+      quantize: "int8": quantize the restored weights as `llmos serve --quantize=int8`
+        does (`serving.model_source.quantized_for_serving`); None: as stored.
 
     Raises:
       UserError: a missing checkpoint, task or split, a vocabulary mismatch
@@ -217,6 +220,11 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
     spec = build_model_spec(model_config, objective, layout, settings["seed"])
     params = restore_params(location, spec, layout.param_shardings(spec), checkpoint=checkpoint)
     model = nnx.merge(spec.graphdef, params)
+    if quantize is not None:
+        from llmos_jax.serving.model_source import quantized_for_serving
+
+        model = quantized_for_serving(model, quantize)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     return InferenceModel(model=model, params=params, objective=objective, task_name=task_name,
                           provider=provider, vocabularies=vocabularies, location=location,
                           settings=settings, mesh=layout.mesh)

@@ -53,6 +53,9 @@ def serve_command() -> Command:
         Flag("tensor-parallel", "N", "Split the model over N local devices (default 1)."),
         Flag("quantize", "int8", "Quantize the weights at load: int8 per output channel "
              "(dense layers and token embeddings; kept int8 on the device)."),
+        Flag("lora", "NAME=PATH", "Also serve a LoRA adapter over the model (repeatable): "
+             "requests whose `model` is NAME decode with it, in the same batch as the others. "
+             "PATH: a train.lora run's model_dir/adapters, or a PEFT folder (GPT-2)."),
         Flag("request-timeout", "SECONDS", "End requests still running after this long (504, or "
              "an error chunk when streaming); default: no limit."),
         Flag("chat-template", "FILE", "A Jinja2 chat template for /v1/chat/completions "
@@ -70,7 +73,7 @@ def serve_command() -> Command:
     )
     # `--api-key` and `--cors-origin` may repeat.
     flags = tuple(Flag(f.name, f.metavar, f.help, repeatable=f.name in (
-        "api-key", "cors-origin"), switch=f.switch) for f in flags)
+        "api-key", "cors-origin", "lora"), switch=f.switch) for f in flags)
     return Command(
         name="serve",
         summary="Serve a trained model over an OpenAI-compatible HTTP API.",
@@ -127,6 +130,7 @@ def run_serve(flags: ParsedFlags) -> int:
 
     runtime.configure_host_runtime()  # before JAX allocates: see llmos_jax/runtime.py
     from llmos_jax.serving.api import ApiOptions
+    from llmos_jax.serving.lora_source import parse_adapter_flags
     from llmos_jax.serving.model_source import load_served_model
     from llmos_jax.serving.served_model import ServedModel
     from llmos_jax.serving.server import EngineOptions, serve
@@ -152,7 +156,8 @@ def run_serve(flags: ParsedFlags) -> int:
                                  chat_template_file=flags.one("chat-template"),
                                  tensor_parallel=flags.positive_int("tensor-parallel", 1),
                                  max_context=engine_options.max_context,
-                                 quantize=flags.one("quantize"))
+                                 quantize=flags.one("quantize"),
+                                 lora=parse_adapter_flags(flags.all("lora")))
 
     version, follow = None, None
     if is_model_uri(model_path):

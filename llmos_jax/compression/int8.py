@@ -129,3 +129,19 @@ def _replace(model: nnx.Module, path: tuple, module: nnx.Module) -> None:
         parent[path[-1]] = module
     else:
         setattr(parent, path[-1], module)
+
+
+def int8_parameter_bytes(build) -> tuple[int, int]:
+    """(float bytes, int8 bytes) of the model `build()` returns, computed abstractly.
+
+    Nothing is allocated: the model is built and quantized under `nnx.eval_shape`,
+    so this sizes a registered export's int8 form without reading its weights.
+    """
+    def built_and_quantized():
+        model = build()
+        before = nnx.state(model, nnx.Param)
+        quantize_int8(model)
+        return before, nnx.state(model, nnx.Param)
+
+    before, after = nnx.eval_shape(built_and_quantized)
+    return parameter_bytes(before), parameter_bytes(after)

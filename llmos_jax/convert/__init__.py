@@ -14,6 +14,9 @@ transformers is needed (install ``llmos_jax[reference]``).
 - ``t5``: ``T5ForConditionalGeneration`` (v1.0, v1.1) <-> ``EncoderDecoderLM``.
 - ``llama``: ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
   ``GemmaForCausalLM`` <-> ``DecoderLM``.
+- ``streaming_load``: a checkpoint onto the devices one tensor at a time
+  (shard by shard, each placed on its sharding; used by ``llama``), never
+  holding a second copy of the model on the host.
 - ``model_params``: shared plumbing between NNX models and flat parameter tables.
 - ``hf_models``: ``CONVERTERS`` (each ``model_type`` with its model family),
   ``import_hf_model`` / ``export_hf_model``, dispatching on

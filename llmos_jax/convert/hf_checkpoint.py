@@ -22,6 +22,7 @@ import numpy as np
 from llmos_jax.errors import UserError
 
 try:
+    import safetensors
     import safetensors.numpy as safetensors_numpy
 except ImportError as error:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -110,25 +111,51 @@ def _read_tensors(directory: pathlib.Path) -> dict[str, np.ndarray]:
         return dict(safetensors_numpy.load_file(str(single)))
     if index.is_file():
         return _read_sharded(directory, index)
+    raise _no_weights(directory)
+
+
+def _no_weights(directory: pathlib.Path) -> UserError:
     others = sorted(path.name for path in directory.iterdir()
                     if path.suffix in (".bin", ".pt", ".h5", ".msgpack"))
     hint = (f" It has {', '.join(others)}: re-save the model with "
             "save_pretrained(dir, safe_serialization=True)." if others else "")
-    raise UserError(f"{directory} has neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE}.{hint}")
+    return UserError(f"{directory} has neither {WEIGHTS_FILE} nor {WEIGHTS_INDEX_FILE}.{hint}")
 
 
 def _read_sharded(directory: pathlib.Path, index: pathlib.Path) -> dict[str, np.ndarray]:
+    tensors: dict[str, np.ndarray] = {}
+    for path in sorted(set(_shard_of_tensor(directory, index).values())):
+        tensors.update(safetensors_numpy.load_file(str(path)))
+    return tensors
+
+
+def tensor_files(directory: str | os.PathLike) -> dict[str, pathlib.Path]:
+    """Tensor name -> the safetensors file holding it, without reading any tensor.
+
+    One ``model.safetensors`` (its header lists the names), or the shards of
+    ``model.safetensors.index.json``.
+    """
+    directory = _existing_directory(directory)
+    single = directory / WEIGHTS_FILE
+    index = directory / WEIGHTS_INDEX_FILE
+    if single.is_file():
+        with safetensors.safe_open(str(single), framework="numpy") as file:
+            return {name: single for name in file.keys()}
+    if index.is_file():
+        return _shard_of_tensor(directory, index)
+    raise _no_weights(directory)
+
+
+def _shard_of_tensor(directory: pathlib.Path, index: pathlib.Path) -> dict[str, pathlib.Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        files = {name: directory / shard for name, shard in weight_map.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise UserError(
             f"{index} is not a safetensors index (a JSON object with 'weight_map')."
         ) from None
-    tensors: dict[str, np.ndarray] = {}
-    for shard in sorted(set(weight_map.values())):
-        path = directory / shard
+    for path in sorted(set(files.values())):
         if not path.is_file():
-            raise UserError(f"{index} names shard {shard}, which is not in {directory}; "
+            raise UserError(f"{index} names shard {path.name}, which is not in {directory}; "
                             "copy every shard of the checkpoint.")
-        tensors.update(safetensors_numpy.load_file(str(path)))
-    return tensors
+    return files

@@ -44,11 +44,13 @@ from flax import nnx
 from llmos_jax.convert import hf_checkpoint
 from llmos_jax.convert.model_params import (abstract_model, apply_overrides, convert_into,
                                             converted_params, host_params)
+from llmos_jax.convert.streaming_load import layout_shardings, stream_into
 from llmos_jax.convert.tensor_mapping import (LAYER, MappingTable, TensorRule, bias_to_heads,
                                               heads_to_linear, linear_to_heads, renamed,
                                               transposed)
 from llmos_jax.errors import UserError
 from llmos_jax.models import DecoderLM, TransformerConfig
+from llmos_jax.partitioning import Layout
 
 MODEL_TYPES = ("llama", "mistral", "qwen2", "gemma")
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
@@ -253,13 +255,33 @@ def load_llama_params(checkpoint: hf_checkpoint.HfCheckpoint,
                             checkpoint.tensors, checkpoint.weights_description)
 
 
-def import_llama(directory: str | os.PathLike, **overrides: Any) -> DecoderLM:
+def import_llama(directory: str | os.PathLike, *, layout: Layout | None = None,
+                 **overrides: Any) -> DecoderLM:
     """A ``DecoderLM`` with the weights of a Llama, Mistral, Qwen2 or Gemma directory.
+
+    Tensors are streamed (`llmos_jax.convert.streaming_load`): read one at a
+    time from their shard, converted and placed on their sharding, so the
+    host never holds a second copy of the model.
 
     Args:
       directory: Holds ``config.json`` and ``model.safetensors`` (or shards
         with ``model.safetensors.index.json``).
+      layout: Where the parameters go (each by its logical axes); None: the
+        default device.
       **overrides: Fields config.json does not fix, e.g. ``scan_layers=False``.
+    """
+    hf_config = hf_checkpoint.read_config(directory)
+    config = config_from_hf(hf_config, **overrides)
+    abstract = _abstract_decoder(config)
+    return stream_into(abstract, mapping_table(config, hf_config["model_type"]), directory,
+                       layout_shardings(abstract, layout))
+
+
+def import_llama_in_memory(directory: str | os.PathLike, **overrides: Any) -> DecoderLM:
+    """`import_llama` without streaming: every tensor read, converted, then placed.
+
+    Holds the checkpoint and its converted copy on the host at once; kept as
+    the reference the streaming path is tested (and measured) against.
     """
     checkpoint = hf_checkpoint.read_checkpoint(directory)
     config = config_from_hf(checkpoint.config, **overrides)

@@ -145,16 +145,7 @@ class MappingTable:
         Returns:
           Our path to array, covering exactly ``our_specs``.
         """
-        expected = dict(self._expected_hf_shapes())
-        self._check_hf_names(expected, tensors, source)
-        for key, shape in expected.items():
-            found = tuple(tensors[key].shape)
-            if found != shape:
-                raise UserError(
-                    f"{self.family} tensor {key!r} in {source} has shape {found}, but the "
-                    f"config ({self.config_summary}) expects {shape}; the weights and "
-                    "config.json come from different models."
-                )
+        self.check_hf_shapes({key: tuple(array.shape) for key, array in tensors.items()}, source)
         per_block: dict[ParamPath, list[np.ndarray]] = {}
         params: dict[ParamPath, np.ndarray] = {}
         for rule, layer, keys in self._expanded_rules():
@@ -181,6 +172,49 @@ class MappingTable:
                 )
             converted[path] = np.asarray(array, dtype=dtype)
         return converted
+
+    def check_hf_shapes(self, shapes: Mapping[str, Shape], source: str) -> None:
+        """Raises a ``UserError`` for a missing, unexpected or wrong-shape checkpoint tensor.
+
+        Args:
+          shapes: Every tensor of the checkpoint: HF name to shape (a loader
+            that streams reads these from the file headers alone).
+          source: The checkpoint's file, quoted in error messages.
+        """
+        expected = dict(self._expected_hf_shapes())
+        self._check_hf_names(expected, shapes, source)
+        for key, shape in expected.items():
+            found = tuple(shapes[key])
+            if found != shape:
+                raise UserError(
+                    f"{self.family} tensor {key!r} in {source} has shape {found}, but the "
+                    f"config ({self.config_summary}) expects {shape}; the weights and "
+                    "config.json come from different models."
+                )
+
+    def placements(self) -> Iterator[tuple[tuple[str, ...], TensorRule,
+                                           tuple[tuple[ParamPath, int | None], ...]]]:
+        """Each conversion step: (HF names, rule, where each output goes).
+
+        An output goes to ``(our path, layer)``: ``layer`` is the index on the
+        parameter's leading (stacked) axis, or None when the output is the
+        whole parameter. A streaming loader converts one step at a time.
+        """
+        for rule, layer, keys in self._expanded_rules():
+            targets = []
+            for relative in rule.our_paths:
+                if layer is None:
+                    targets.append((relative, None))
+                elif self.stacked_layers:
+                    targets.append((self._stack(rule)[0] + relative, layer))
+                else:
+                    targets.append((self._stack(rule)[0] + (layer,) + relative, None))
+            yield keys, rule, tuple(targets)
+
+    def check_model_paths(self, model_paths: set[ParamPath]) -> None:
+        """Raises a ``UserError`` unless the table fills exactly `model_paths`."""
+        self._check_our_paths(model_paths, set(self._our_paths()),
+                              model_side="the model built from it")
 
     def params_to_hf_tensors(self, params: Mapping[ParamPath, np.ndarray]) -> dict[str, np.ndarray]:
         """Converts our parameters (path to array) into HF tensors (name to array)."""
@@ -237,9 +271,9 @@ class MappingTable:
             return params[layers_key + relative][layer]
         return params[layers_key + (layer,) + relative]
 
-    def _check_hf_names(self, expected: Mapping[str, Shape], tensors: Mapping[str, np.ndarray],
+    def _check_hf_names(self, expected: Mapping[str, Shape], found: Mapping[str, Shape],
                         source: str) -> None:
-        missing = [key for key in expected if key not in tensors]
+        missing = [key for key in expected if key not in found]
         if missing:
             listed = ", ".join(f"{key!r} (shape {expected[key]})" for key in missing[:_LISTED])
             raise UserError(
@@ -247,9 +281,9 @@ class MappingTable:
                 f"config.json ({self.config_summary}) predicts them: check that config.json "
                 "and the weights belong to the same model."
             )
-        unexpected = [key for key in tensors if key not in expected and not self.ignored_hf_key(key)]
+        unexpected = [key for key in found if key not in expected and not self.ignored_hf_key(key)]
         if unexpected:
-            listed = ", ".join(f"{key!r} (shape {tuple(tensors[key].shape)})"
+            listed = ", ".join(f"{key!r} (shape {tuple(found[key])})"
                                for key in unexpected[:_LISTED])
             raise UserError(
                 f"{self.family} checkpoint {source} has unexpected tensor {listed}{_more(unexpected)}, "

@@ -10,6 +10,7 @@ import datetime
 from typing import Any
 
 from llmos_jax.errors import UserError
+from llmos_jax.registry.compression_tags import describe as describe_compression
 from llmos_jax.registry.model_uri import ModelUri
 from llmos_jax.registry.store import Store
 from llmos_jax.registry.versions import TAG, eval_tags, get_version
@@ -73,6 +74,7 @@ def show_version(store: Store, uri: ModelUri, *, with_config: bool = False) -> s
     for key in ("model_family", "num_params", "data_task", "vocab_fingerprint", "model_dir"):
         if f"{TAG}{key}" in tags:
             lines.append(f"  {key.replace('_', ' ')}: {tags[TAG + key]}")
+    lines += describe_compression(tags)
     chain = lineage(store, version)
     lines.append("  lineage: " + " <- ".join(f"{v.name}/{v.version}" for v in chain) + (
         f" <- {chain[-1].tags[TAG + 'parent']}" if chain[-1].tags.get(f"{TAG}parent") else ""))

@@ -29,6 +29,7 @@ from typing import Any
 
 from llmos_jax.checkpoints.manifest import check_manifest, has_manifest
 from llmos_jax.errors import UserError, did_you_mean
+from llmos_jax.registry import compression_tags as compression
 from llmos_jax.registry.model_uri import ModelUri
 from llmos_jax.registry.store import Store
 
@@ -151,7 +152,8 @@ def _tracked_run_id(store: Store, model_dir: pathlib.Path) -> str | None:
 
 def register_export(store: Store, name: str, model_dir: str | os.PathLike, *,
                     run_id: str | None = None, parent: str | None = None,
-                    extra_tags: Mapping[str, str] | None = None) -> Any:
+                    extra_tags: Mapping[str, str] | None = None,
+                    compression_method: str | None = None) -> Any:
     """Registers `model_dir`'s export as a new version of `name`; returns the `ModelVersion`.
 
     Args:
@@ -163,6 +165,9 @@ def register_export(store: Store, name: str, model_dir: str | os.PathLike, *,
       parent: `NAME/VERSION` it was trained from; default: read from the
         run's warm start.
       extra_tags: More version tags.
+      compression_method: "lora", "distillation" or "int8": the version is `parent`
+        made smaller; its method and sizes are recorded (`registry.compression_tags`),
+        and a LoRA run's adapters are registered beside the export.
 
     Raises:
       UserError: no export, a damaged export, or the store refused.
@@ -187,9 +192,14 @@ def register_export(store: Store, name: str, model_dir: str | os.PathLike, *,
         f"{TAG}num_params": str(parameter_count(export)),
         f"{TAG}model_family": str(meta.get("model_family", "")),
         **({f"{TAG}parent": parent} if parent else {}),
+        f"{TAG}param_bytes": str(compression.stored_bytes(export)),
         **{key: repr(value) for key, value in latest_eval_results(run_dir).items()},
         **dict(extra_tags or {}),
     }
+    if compression_method is not None:
+        tags.update(compression.compression_tags(
+            compression_method, parent=parent, export=export, run_dir=run_dir, meta=meta,
+            parent_tags=_parent_tags(store, parent)))
     run_id = run_id or _tracked_run_id(store, run_dir)
     if run_id is None:
         run = store.client.create_run(store.experiment_id, run_name=f"register {name}",
@@ -203,6 +213,10 @@ def register_export(store: Store, name: str, model_dir: str | os.PathLike, *,
         store.client.log_artifacts(run_id, str(export), f"{folder}/{EXPORT_ARTIFACT}")
         if (run_dir / CONFIG_ARTIFACT).exists():
             store.client.log_artifact(run_id, str(run_dir / CONFIG_ARTIFACT), folder)
+        adapters = compression.adapter_folder(run_dir) if compression_method == "lora" else None
+        if adapters is not None:
+            store.client.log_artifacts(run_id, str(adapters),
+                                       f"{folder}/{compression.ADAPTERS_DIRNAME}")
         source = f"{store.client.get_run(run_id).info.artifact_uri}/{folder}/{EXPORT_ARTIFACT}"
         _create_registered_model(store, name)
         version = _retry_locked(lambda: store.client.create_model_version(
@@ -214,6 +228,17 @@ def register_export(store: Store, name: str, model_dir: str | os.PathLike, *,
     log.info("registered %s as models:/%s/%s (parent %s)", export, name, str(version.version),
              parent or "none")
     return version
+
+
+def _parent_tags(store: Store, parent: str | None) -> dict[str, str] | None:
+    """The tags of `parent` (NAME/VERSION), or None when it is not registered here."""
+    name, _, version = (parent or "").partition("/")
+    if not name or not version:
+        return None
+    try:
+        return dict(store.client.get_model_version(name, version).tags)
+    except Exception:  # MLflow raises its own errors for a missing version
+        return None
 
 
 def _create_registered_model(store: Store, name: str) -> None:

@@ -188,7 +188,10 @@ def create_app(engine: ServingEngine, served: ServedModel,
         return {"object": "list", "data": [{
             "id": served.name, "object": "model", "created": created, "owned_by": "llmos",
             "root": served.source or served.name, "max_model_len": served.max_context,
-            **({"version": current.version} if current.version is not None else {})}]}
+            **({"version": current.version} if current.version is not None else {})}] + [
+            {"id": name, "object": "model", "created": created, "owned_by": "llmos",
+             "root": source, "parent": served.name, "max_model_len": served.max_context}
+            for name, source in served.adapters.items()]}
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest):

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from llmos_jax.compression.multi_lora import adapter_names
 from llmos_jax.serving.requests import (
     EngineNotReady,
     EventSink,
@@ -147,6 +148,8 @@ class ServingEngine:
         self.vocab_size = config.vocab_size
         self.eos_id = eos_id
         self.is_encoder_decoder = self.programs.encoder_decoder
+        # LoRA adapters served over the base (`compression.multi_lora`): name -> row id, 0 = base.
+        self.adapter_ids = {name: i for i, name in enumerate(adapter_names(model), start=1)}
         self._cond = threading.Condition()
         self._waiting: collections.deque[tuple[GenerationRequest, EventSink]] = (
             collections.deque())
@@ -261,6 +264,10 @@ class ServingEngine:
         if bad:
             raise InvalidSetting("prompt", f"token id {bad[0]} is outside the vocabulary "
                                  f"[0, {self.vocab_size})")
+        adapter = request.settings.adapter
+        if adapter is not None and adapter not in self.adapter_ids:
+            raise InvalidSetting("model", f"no adapter named {adapter!r} is served here; "
+                                 f"served adapters: {sorted(self.adapter_ids)}")
         for t in request.settings.stop_token_ids:
             if not 0 <= t < self.vocab_size:
                 raise InvalidSetting("stop_token_ids", f"stop_token_ids: token id {t} is "
@@ -342,7 +349,8 @@ class ServingEngine:
         group, programs = self._prefilling, self.programs
         if self.is_encoder_decoder:  # one request per group, encoded at once
             live = group.members[0]
-            group.buffer, group.logits = programs.prefill_encoder(list(live.request.prompt_ids))
+            group.buffer, group.logits = programs.prefill_encoder(
+                list(live.request.prompt_ids), self._adapter_id(live))
             live.prefilled = group.start = live.prompt_len
         else:
             chunk, start = programs.chunk_len, group.start
@@ -350,15 +358,17 @@ class ServingEngine:
             tokens = np.zeros((rows, chunk), np.int32)
             last = np.zeros((rows,), np.int32)
             ends = np.zeros((rows,), bool)
+            adapters = np.zeros((rows,), np.int32)
             for live in group.members:
+                adapters[live.row] = self._adapter_id(live)
                 piece = live.request.prompt_ids[start:start + chunk]
                 if len(piece):
                     tokens[live.row, :len(piece)] = piece
                     last[live.row] = len(piece) - 1
                     ends[live.row] = start + chunk >= live.prompt_len
                 live.prefilled = min(live.prompt_len, start + chunk)
-            group.buffer, group.logits = programs.prefill_chunk(group.buffer, group.logits,
-                                                                tokens, start, last, ends)
+            group.buffer, group.logits = programs.prefill_chunk(
+                group.buffer, group.logits, tokens, start, last, ends, adapters)
             group.start = start + chunk
         if group.start >= group.longest:
             for live in list(group.members):
@@ -386,7 +396,8 @@ class ServingEngine:
             self._settings = settings_rows([None if s is None else s.effective_settings
                                             for s in self._slots])
         active = np.array([s is not None for s in self._slots])
-        adapters = np.zeros((self.max_slots,), np.int32)  # the base weights for every slot
+        adapters = np.array([0 if s is None else self._adapter_id(s) for s in self._slots],
+                            np.int32)
         # After this step a row holds its prompt, its generated tokens fed back so far, and
         # (encoder-decoders) the start token: at most prompt + generated positions.
         longest = max(s.generated + (1 if self.is_encoder_decoder else s.prompt_len)
@@ -397,6 +408,11 @@ class ServingEngine:
         for row, live in enumerate(list(self._slots)):
             if live is not None:
                 self._deliver(live, choice, row)
+
+    def _adapter_id(self, live: _Live) -> int:
+        """The row id of `live`'s LoRA adapter (0: the base model)."""
+        adapter = live.request.settings.adapter
+        return 0 if adapter is None else self.adapter_ids[adapter]
 
     def _deliver(self, live: _Live, choice: Choice, row: int) -> None:
         """Sends `live` its token from row `row` of `choice` and ends it when due."""

@@ -54,12 +54,20 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def check_model(name: str | None, served: ServedModel) -> None:
-    """Refuses a request naming a model other than the one served."""
+def check_model(name: str | None, served: ServedModel) -> str | None:
+    """Refuses a request naming a model other than the one served or one of its adapters.
+
+    Returns:
+      The LoRA adapter the request names (None: the base model).
+    """
+    if name is not None and name in served.adapters:
+        return name
     if name is not None and name != served.name:
+        known = ", ".join(repr(n) for n in (served.name, *served.adapters))
         raise ApiError(400, f"model {name!r} is not served here; this server serves "
-                        f"{served.name!r} (GET /v1/models)", param="model",
+                        f"{known} (GET /v1/models)", param="model",
                         code="model_not_found")
+    return None
 
 
 def chat_prompt(body_messages, served: ServedModel) -> str:
@@ -98,7 +106,8 @@ def add_generation_routes(app: FastAPI, live_model: LiveModel, metrics: ServingM
         seed = body.seed
         if seed is None and (body.temperature is None or body.temperature > 0):
             seed = secrets.randbits(31)
-        return [body.sampling(max_tokens=max_tokens, logprobs=logprobs,
+        adapter = check_model(body.model, served)
+        return [body.sampling(max_tokens=max_tokens, logprobs=logprobs, adapter=adapter,
                               seed=None if seed is None else seed + j) for j in range(body.n)]
 
     async def start_run(request: Request, prompts: list[list[int]],
@@ -138,7 +147,8 @@ def add_generation_routes(app: FastAPI, live_model: LiveModel, metrics: ServingM
                                 logprobs=body.logprobs)
         run = await start_run(request, prompts, settings, deployment)
         echo = [t if body.echo else "" for t in texts]
-        shape = _CompletionShape(run.run_id, served.name, echo, served.tokenizer, body.logprobs)
+        shape = _CompletionShape(run.run_id, settings[0].adapter or served.name, echo,
+                                 served.tokenizer, body.logprobs)
         return await respond(request, run, shape, body.stream, body.include_usage, lease)
 
     def completion_prompts(prompt, deployment: Deployment
@@ -178,7 +188,8 @@ def add_generation_routes(app: FastAPI, live_model: LiveModel, metrics: ServingM
                                 logprobs=body.logprob_count())
         prompt_ids = served.encode_prompt(text, add_special_tokens=False)  # the template has them
         run = await start_run(request, [prompt_ids], settings, deployment)
-        shape = _ChatShape(run.run_id, served.name, served.tokenizer, body.logprobs)
+        shape = _ChatShape(run.run_id, settings[0].adapter or served.name, served.tokenizer,
+                           body.logprobs)
         return await respond(request, run, shape, body.stream, body.include_usage, lease)
 
     async def respond(request: Request, run: RequestRun, shape, stream: bool,

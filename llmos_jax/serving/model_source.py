@@ -49,11 +49,13 @@ from llmos_jax.checkpoints.locations import EXPORT_DIRNAMES
 from llmos_jax.checkpoints.params_reader import flat_params, read_our_params
 from llmos_jax.data.vocabulary_files import MANIFEST_KEY, read_vocabularies
 from llmos_jax.errors import UserError
-from llmos_jax.inference.decoding_model import with_unstacked_layers
-from llmos_jax.models.families import ArchitectureKind, ModelFamily, families, get_family
+from llmos_jax.inference.decoding_model import ADAPTERS, with_unstacked_layers
+from llmos_jax.models.families import (ArchitectureKind, ModelFamily, families, family_of,
+                                       get_family)
 from llmos_jax.objectives.model_building import model_spec
 from llmos_jax.partitioning import DEFAULT_RULES, Layout, MeshConfig
 from llmos_jax.serving.chat_template import ChatTemplate, folder_chat_template, read_chat_template
+from llmos_jax.serving.lora_source import LORA_FLAG, with_adapters
 from llmos_jax.serving.served_model import ServedModel, TextTokenizer
 from llmos_jax.serving.tokenizer import (HfTokenizer, VocabularyTokenizer, load_hf_tokenizer,
                                          read_tokenizer_config, special_token_text)
@@ -87,7 +89,8 @@ def load_served_model(path: str | os.PathLike, *, name: str | None = None,
                       chat_template_file: str | os.PathLike | None = None,
                       devices: Sequence[jax.Device] | None = None, tensor_parallel: int = 1,
                       max_context: int | None = None,
-                      quantize: str | None = None) -> ServedModel:
+                      quantize: str | None = None,
+                      lora: Mapping[str, str | os.PathLike] | None = None) -> ServedModel:
     """Loads `path` (an export, a run's model_dir or a Hugging Face folder) for serving.
 
     Args:
@@ -100,6 +103,8 @@ def load_served_model(path: str | os.PathLike, *, name: str | None = None,
       max_context: Positions per sequence; default (and at most) the model's `max_len`.
       quantize: "int8" quantizes the weights after loading (`--quantize`, see
         `llmos_jax.compression.int8`); None serves them as stored.
+      lora: LoRA adapters to serve over the model (`--lora NAME=PATH`): {name clients
+        send as `model`: adapter folder} (see `serving.lora_source`).
 
     Raises:
       UserError: a missing folder, one that is no export, run or Hugging Face
@@ -128,12 +133,16 @@ def load_served_model(path: str | os.PathLike, *, name: str | None = None,
                      eos_token=loaded.eos_token)
 
     model = loaded.model if quantize is None else quantized_for_serving(loaded.model, quantize)
+    model_name = name or _default_name(loaded.folder)
+    if model_name in (lora or {}):
+        raise UserError(f"{LORA_FLAG}={model_name}=...: the adapter has the base model's name; "
+                        "give it another name.")
+    model = with_adapters(model, lora or {})
     config = model.config
     context = config.max_len if max_context is None else int(max_context)
     if not 2 <= context <= config.max_len:
         raise UserError(f"max_context={max_context} must be between 2 and the model's max_len "
                         f"({config.max_len}); leave it unset to use {config.max_len}.")
-    model_name = name or _default_name(loaded.folder)
     log.info("serving %s (%s family) from %s on %d device(s), tensor=%d", model_name,
              loaded.family.name, loaded.folder, layout.mesh.size, layout.mesh.shape["tensor"])
     return ServedModel(
@@ -142,19 +151,24 @@ def load_served_model(path: str | os.PathLike, *, name: str | None = None,
         encoder_decoder=loaded.family.kind is ArchitectureKind.ENCODER_DECODER,
         append_eos_to_prompt=loaded.append_eos_to_prompt, chat_template=template,
         source=str(loaded.folder), chat_template_origin=origin or "the chat template",
-        bos_token=loaded.bos_token, eos_token=loaded.eos_token, family=loaded.family.name)
+        bos_token=loaded.bos_token, eos_token=loaded.eos_token, family=loaded.family.name,
+        adapters={adapter: str(path) for adapter, path in (lora or {}).items()})
 
 
 def quantized_for_serving(model: nnx.Module, method: str) -> nnx.Module:
-    """`model` with int8 weights, its layers unstacked (decoding reads them per layer).
+    """`model` with int8 weights; a generating model's layers unstacked (decoding reads
+    them per layer).
 
     The quantized layers are not rebuilt from the config, so the stack is
-    unstacked here once rather than by the slot programs.
+    unstacked here once rather than by the slot programs or `DecodingEngine`.
+    Encoders (classifiers) keep their stack. `llmos serve`, `llmos infer` and
+    `llmos eval --quantize=int8` all quantize here.
     """
     if method != "int8":
         raise UserError(f"{QUANTIZE_FLAG}={method!r} is not supported; pass {QUANTIZE_FLAG}=int8 "
                         "or leave it out.")
-    model = with_unstacked_layers(model)
+    if family_of(model).kind in ADAPTERS:
+        model = with_unstacked_layers(model)
     counts = quantize_int8(model)
     log.info("quantized to int8: %d dense layers, %d embedding tables; parameters now %.1f MB",
              counts["dense"], counts["embedding"],

@@ -73,8 +73,8 @@ class _SamplingFields(_Body):
             raise InvalidSetting("stop", f"at most 16 stop strings, got {len(stops)}")
         return tuple(s for s in stops if s)
 
-    def sampling(self, *, max_tokens: int, logprobs: int | None, seed: int | None
-                 ) -> SamplingSettings:
+    def sampling(self, *, max_tokens: int, logprobs: int | None, seed: int | None,
+                 adapter: str | None = None) -> SamplingSettings:
         """This request's `SamplingSettings` (range errors name the field)."""
         return SamplingSettings(
             max_tokens=max_tokens, min_tokens=self.min_tokens,
@@ -83,7 +83,7 @@ class _SamplingFields(_Body):
             stop=self.stop_strings(), stop_token_ids=tuple(self.stop_token_ids),
             ignore_eos=self.ignore_eos, repetition_penalty=self.repetition_penalty,
             presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            logprobs=logprobs)
+            logprobs=logprobs, adapter=adapter)
 
     @property
     def include_usage(self) -> bool:

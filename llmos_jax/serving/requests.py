@@ -50,8 +50,8 @@ class SamplingSettings:
       presence_penalty, frequency_penalty: OpenAI's penalties over generated tokens (0 = off).
       logprobs: How many top log-probabilities to return per token (None: none, 0: only
         the chosen token's).
-      adapter: Which weights the slot decodes with (None: the base model). A seam for
-        serving several adapters over one base in one batch.
+      adapter: The LoRA adapter the slot decodes with, by its `llmos serve --lora` name
+        (None: the base model); rows with different adapters share one batch.
     """
 
     max_tokens: int = 16

@@ -62,6 +62,9 @@ class ServedModel:
       bos_token: The BOS token's text for the template (`{{ bos_token }}`).
       eos_token: The EOS token's text for the template (`{{ eos_token }}`).
       family: The model family (`llmos_jax.models.families`), e.g. "decoder".
+      adapters: LoRA adapters served over this base (`--lora`): {the name clients send
+        as `model`: the folder it was read from}; the model holds them
+        (`compression.multi_lora`).
     """
 
     name: str
@@ -78,6 +81,7 @@ class ServedModel:
     bos_token: str | None = None
     eos_token: str | None = None
     family: str = ""
+    adapters: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def encode_prompt(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         """The token ids of a text prompt, as the model was trained to see it.

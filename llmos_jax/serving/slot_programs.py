@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llmos_jax.compression.multi_lora import select_adapters
 from llmos_jax.inference.decoding_model import (
     is_encoder_decoder,
     unstack_params,
@@ -185,14 +186,16 @@ class SlotPrograms:
         return nnx.merge(self.graphdef, params)
 
     def _prefill_chunk(self, params, buffer: KVCache, final_logits, tokens, start, last, ends,
-                       *, read_len: int):
+                       adapter_ids, *, read_len: int):
         """Writes one chunk [G, C] of G decoder prompts at `start` (the same for every row).
 
         Row i's logits at chunk index `last[i]` replace its row of `final_logits` where
         `ends[i]` (its prompt ends in this chunk); a row whose prompt ended earlier keeps
-        the logits it had, whatever this chunk computes for it.
+        the logits it had, whatever this chunk computes for it. Row i runs with LoRA
+        adapter `adapter_ids[i]` (0: the base).
         """
         model = self._model(params)
+        select_adapters(model, adapter_ids)
         rows, length = tokens.shape
         positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (rows, length))
         hidden, keys, values = model.extend(tokens, positions=positions, keys=buffer.keys,
@@ -203,9 +206,10 @@ class SlotPrograms:
         final_logits = jnp.where(ends[:, None], logits, final_logits)
         return dataclasses.replace(buffer, keys=keys, values=values), final_logits
 
-    def _prefill_encoder(self, params, prompt, prompt_valid):
+    def _prefill_encoder(self, params, prompt, prompt_valid, adapter_ids):
         """Encodes a [1, bucket] prompt, caches its cross keys/values and runs the start token."""
         model = self._model(params)
+        select_adapters(model, adapter_ids)
         encoded = model.encode(prompt, segment_ids=prompt_valid.astype(jnp.int32))
         cross_keys, cross_values = model.cross_keys_values(encoded)
         pad = self.encoder_context - prompt.shape[1]
@@ -277,11 +281,11 @@ class SlotPrograms:
                      adapter_ids, *, read_len: int):
         """One token for every slot; inactive rows compute but change nothing that is read.
 
-        `adapter_ids` [slots] is the seam for per-slot weights (several adapters over one
-        base in one batch); the base model ignores it.
+        `adapter_ids` [slots]: each row's LoRA adapter (0: the base; see
+        `compression.multi_lora`); a model without adapters ignores it.
         """
-        del adapter_ids
         model = self._model(params)
+        select_adapters(model, adapter_ids)
         cache = state.cache
         write = jnp.minimum(state.lengths, self.context - 1)
         tokens = state.last_tokens[:, None]
@@ -379,24 +383,31 @@ class SlotPrograms:
         return np.zeros((rows, self.vocab_size), np.float32)
 
     def prefill_chunk(self, buffer: KVCache, final_logits, tokens: np.ndarray, start: int,
-                      last: np.ndarray, ends: np.ndarray) -> tuple[KVCache, jax.Array]:
+                      last: np.ndarray, ends: np.ndarray,
+                      adapter_ids: np.ndarray | None = None) -> tuple[KVCache, jax.Array]:
         """Prefills `tokens` [G, chunk_len] at `start` (`buffer` is donated).
 
         Returns the buffer and `final_logits` [G, vocab], whose row i is replaced by the
-        logits at chunk index `last[i]` where `ends[i]`.
+        logits at chunk index `last[i]` where `ends[i]`. `adapter_ids` [G]: each row's
+        LoRA adapter (default: the base for every row).
         """
         span = bucket_for(self.prefill_spans, start + self.chunk_len)
+        if adapter_ids is None:
+            adapter_ids = np.zeros((tokens.shape[0],), np.int32)
         return self._chunk_fn(self.params, buffer, final_logits, tokens, np.int32(start),
-                              np.asarray(last, np.int32), np.asarray(ends, bool), read_len=span)
+                              np.asarray(last, np.int32), np.asarray(ends, bool),
+                              np.asarray(adapter_ids, np.int32), read_len=span)
 
-    def prefill_encoder(self, prompt_ids: list[int]) -> tuple[KVCache, jax.Array]:
-        """Encodes a prompt (padded to its bucket) and runs the decoder start token."""
+    def prefill_encoder(self, prompt_ids: list[int],
+                        adapter_id: int = 0) -> tuple[KVCache, jax.Array]:
+        """Encodes a prompt (padded to its bucket) and runs the decoder start token, with
+        LoRA adapter `adapter_id` (0: the base)."""
         bucket = next(b for b in encoder_buckets(self.encoder_context) if b >= len(prompt_ids))
         prompt = np.zeros((1, bucket), np.int32)
         prompt[0, :len(prompt_ids)] = prompt_ids
         valid = np.zeros((1, bucket), bool)
         valid[0, :len(prompt_ids)] = True
-        return self._encode_fn(self.params, prompt, valid)
+        return self._encode_fn(self.params, prompt, valid, np.full((1,), adapter_id, np.int32))
 
     def insert(self, state: SlotState, buffer: KVCache, logits: jax.Array, row: int, slot: int,
                length: int, prompt_ids: list[int], stop_ban: np.ndarray, key: np.ndarray,
