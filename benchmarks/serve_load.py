@@ -3,8 +3,8 @@
 sequential `generate`, on the same GPT-2-small-sized random weights.
 
 For each concurrency C, each server is started fresh on 127.0.0.1 (the order of
-servers alternates between concurrencies), warmed up with C requests that are
-not counted, then C streaming clients (the official `openai` client, asyncio)
+servers alternates between concurrencies), warmed up with min(C, 4) concurrent
+requests that are not counted, then C streaming clients (the official `openai` client, asyncio)
 each send `--requests_per_client` completions one after another: prompts of 128
 tokens (distinct per request), exactly 64 output tokens (`ignore_eos` and
 `min_tokens` on ours; on the peer the weights' config has no EOS and
@@ -14,7 +14,8 @@ tokens (distinct per request), exactly 64 output tokens (`ignore_eos` and
 Reported per server and C: output tokens/s, requests/s, time to first token and
 inter-token latency p50/p99 (per token gap, measured by the client), the CPU
 seconds the load clients themselves used (they share the cores), the server's
-CPU seconds and peak resident memory. `llmos serve` gets `--max-slots=C`.
+CPU seconds and peak resident memory. `llmos serve` gets `--max-slots=C`,
+`--prefill-chunk=128` and whatever `--llmos_args` adds (e.g. `--prefill-batch=8`).
 
     python benchmarks/make_hf_gpt2_dir.py /tmp/gpt2_small_random
     python benchmarks/serve_load.py --hf_dir=/tmp/gpt2_small_random --clients=1,8,32,64 \\
@@ -90,14 +91,15 @@ def peak_rss_mb(pid: int) -> float:
 class Server:
     """A server subprocess on 127.0.0.1: started, waited for, measured, stopped."""
 
-    def __init__(self, kind: str, hf_dir: str, clients: int, log_dir: str):
+    def __init__(self, kind: str, hf_dir: str, clients: int, log_dir: str,
+                 llmos_args: tuple[str, ...] = ()):
         self.kind, self.port = kind, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
         if kind == "llmos":
             command = ["llmos", "serve", f"--model={hf_dir}", f"--port={self.port}",
                        f"--max-slots={clients}", "--max-queue=1024", "--prefill-chunk=128",
-                       "--log-level=warning", "--served-model-name=gpt2-random"]
+                       "--log-level=warning", "--served-model-name=gpt2-random", *llmos_args]
             self.model, self.ready_path = "gpt2-random", "/health/ready"
         else:
             command = ["transformers", "serve", hf_dir, "--continuous-batching",
@@ -187,10 +189,10 @@ async def closed_loop(server: Server, clients: int, per_client: int, seed: int) 
 
 
 def run_server(kind: str, args, clients: int) -> dict:
-    server = Server(kind, args.hf_dir, clients, args.log_dir)
+    server = Server(kind, args.hf_dir, clients, args.log_dir, tuple(args.llmos_args.split()))
     try:
         ready = server.wait_ready()
-        asyncio.run(closed_loop(server, clients, 1, seed=999))  # warm-up, not counted
+        asyncio.run(closed_loop(server, min(clients, 4), 1, seed=999))  # warm-up, not counted
         result = asyncio.run(closed_loop(server, clients, args.requests_per_client, seed=clients))
         result["startup_to_ready_s"] = ready
         return result
@@ -298,6 +300,8 @@ def main() -> None:
     parser.add_argument("--requests_per_client", type=int, default=2)
     parser.add_argument("--sequential_requests", type=int, default=4)
     parser.add_argument("--log_dir", default="/tmp/serve_load_logs")
+    parser.add_argument("--llmos_args", default="", help="extra `llmos serve` flags, e.g. "
+                        "'--prefill-batch=8'")
     parser.add_argument("--output", required=True)
     args = parser.parse_args()
     os.makedirs(args.log_dir, exist_ok=True)

@@ -196,6 +196,36 @@ def test_running_streams_keep_decoding_while_a_long_prompt_prefills(engine):
     assert order[submitted:long_first].count("running") >= CONTEXT // CHUNK - 1
 
 
+def test_a_burst_is_prefilled_as_one_group_and_each_row_equals_generate(engine, decoder):
+    """Four waiting prompts of different lengths (ending in chunks 1, 2, 3 and 1) are
+    prefilled together; every row still gets exactly `generate`'s greedy tokens, and a
+    request aborted while it waited is never prefilled."""
+    assert engine.programs.group_sizes == (1, 2, 4)
+    real_chunk, groups = engine.programs.prefill_chunk, []
+
+    def recording_chunk(buffer, logits, tokens, *args):  # the real program, observed
+        groups.append(tokens.shape[0])
+        return real_chunk(buffer, logits, tokens, *args)
+
+    engine.programs.prefill_chunk = recording_chunk
+    collector = Collector()
+    burst = [PROMPTS[0], PROMPTS[1], PROMPTS[6], PROMPTS[3], PROMPTS[2]]
+    try:
+        with engine._cond:  # the engine thread waits on this lock: all five queue up at once
+            for i, prompt in enumerate(burst):
+                submit(engine, collector, f"g{i}", prompt, temperature=0.0, max_tokens=6)
+            engine.abort("g4")  # waiting: never prefilled
+        for i, prompt in enumerate(burst[:4]):
+            collector.finish(f"g{i}")
+            assert collector.tokens(f"g{i}") == greedy_alone(decoder, prompt, 6), i
+        assert collector.finish("g4").reason is FinishReason.ABORT
+    finally:
+        engine.programs.prefill_chunk = real_chunk
+    # 50 tokens in chunks of 16: one group of four rows, prefilled in four calls.
+    assert groups == [4, 4, 4, 4]
+    assert engine.stats().compilations == engine.compiled_at_ready
+
+
 def test_abort_and_deadline_free_the_slot_at_once(engine):
     collector = Collector()
     for i in range(SLOTS):
@@ -286,8 +316,8 @@ def test_tensor_parallel_serving_equals_one_device(decoder):
                                                       shard=shard), decoder)
     engine = ServingEngine(sharded, max_slots=SLOTS, prefill_chunk=CHUNK)
     engine.start()
-    cache = engine._state.cache.keys[0]
-    assert len(cache.sharding.device_set) == 8
+    for block in engine._state.cache.keys[0].blocks:  # each block of the cache is split
+        assert len(block.sharding.device_set) == 8
     collector = Collector()
     for i, prompt in enumerate(PROMPTS[:4]):
         submit(engine, collector, f"s{i}", prompt, temperature=0.0, max_tokens=6)

@@ -66,6 +66,9 @@ def run_eval(flags: ParsedFlags) -> int:
     """
     checkpoint, gin_files, fetched = run_source(flags, command="eval", example=EVAL_EXAMPLE)
     bindings, sources = flags.gin_bindings()
+    from llmos_jax import runtime
+
+    runtime.configure_host_runtime()  # before JAX allocates: see llmos_jax/runtime.py
     step, split, results, output_dir = evaluate_checkpoint(
         checkpoint, gin_files, bindings, sources, search_paths=flags.all("gin_search_path"),
         task=flags.one("task"), split=flags.one("split"),

@@ -89,6 +89,9 @@ def run_infer(flags: ParsedFlags) -> int:
     batch_size = flags.positive_int("batch_size", chunk_size)
     strict = flags.boolean("strict")
 
+    from llmos_jax import runtime
+
+    runtime.configure_host_runtime()  # before JAX allocates: see llmos_jax/runtime.py
     from llmos_jax.inference import batch_inference
 
     source = batch_inference.read_jsonl(input_path, strict=strict) if input_path else None

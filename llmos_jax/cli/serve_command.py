@@ -47,6 +47,9 @@ def serve_command() -> Command:
              "model's maximum)."),
         Flag("prefill-chunk", "N", "Prompt tokens prefilled per engine step, so a long prompt "
              "never stalls the running streams for long (default 64)."),
+        Flag("prefill-batch", "N", "Waiting prompts prefilled together, so a burst of requests "
+             "gets its first tokens sooner; the running streams wait for up to N x "
+             "prefill-chunk prompt tokens per step (default 4)."),
         Flag("tensor-parallel", "N", "Split the model over N local devices (default 1)."),
         Flag("quantize", "int8", "Quantize the weights at load: int8 per output channel "
              "(dense layers and token embeddings; kept int8 on the device)."),
@@ -123,6 +126,9 @@ def run_serve(flags: ParsedFlags) -> int:
         log.warning("--host=%s accepts connections from other machines and no API key is set; "
                     "pass --api-key-file to require one", host)
 
+    from llmos_jax import runtime
+
+    runtime.configure_host_runtime()  # before JAX allocates: see llmos_jax/runtime.py
     from llmos_jax.serving.api import ApiOptions
     from llmos_jax.serving.lora_source import parse_adapter_flags
     from llmos_jax.serving.model_source import load_served_model
@@ -141,7 +147,8 @@ def run_serve(flags: ParsedFlags) -> int:
         max_slots=flags.positive_int("max-slots", 8),
         max_queue=_queue_bound(flags),
         max_context=flags.positive_int("max-context", None),
-        prefill_chunk=flags.positive_int("prefill-chunk", 64))
+        prefill_chunk=flags.positive_int("prefill-chunk", 64),
+        prefill_batch=flags.positive_int("prefill-batch", 4))
     logging.getLogger("llmos_jax").setLevel(level.upper())
 
     def load(path: str, name: str | None) -> ServedModel:

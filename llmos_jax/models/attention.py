@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmos_jax.models import axes
+from llmos_jax.models.cache_blocks import CacheBlocks, blocked_attention
 from llmos_jax.models.dense import Dense, DenseFactory
 from llmos_jax.models.dropout import dropout, split_key
 from llmos_jax.models.embeddings import Rope, apply_rope
@@ -182,7 +183,9 @@ class SelfAttention(nnx.Module):
 
         Args:
           keys, values: This layer's cache, [batch, kv_heads, slots, head_dim]
-            (`llmos_jax.inference.kv_cache`: heads before slots).
+            (`llmos_jax.inference.kv_cache`: heads before slots), or `CacheBlocks`
+            (the serving engine's decode step: one new token per row, each row
+            at its own slot; the `read_len` prefix is then read without a copy).
           write_index: Slot of the first new token, a scalar or one per row
             (int [batch]); their keys and values are written at
             `write_index ... write_index + t - 1`.
@@ -204,6 +207,17 @@ class SelfAttention(nnx.Module):
         if rope_theta is not None:
             q = apply_rope(q, positions, rope_theta)
             k = apply_rope(k, positions, rope_theta)
+        if isinstance(keys, CacheBlocks):
+            keys = keys.write(k.swapaxes(1, 2), write_index).map(
+                lambda block: shard(block, CACHE_AXES))
+            values = values.write(v.swapaxes(1, 2), write_index).map(
+                lambda block: shard(block, CACHE_AXES))
+            read_keys, read_values = keys, values
+            if read_len is not None and read_len < keys.slots:
+                read_keys, read_values = keys.prefix(read_len), values.prefix(read_len)
+            y = self._cached_attention(q, read_keys.astype(q.dtype), read_values.astype(q.dtype),
+                                       mask, bias)
+            return self.out(shard(y, head_axes)), keys, values
         keys = shard(write_cache(keys, k.swapaxes(1, 2), write_index), CACHE_AXES)
         values = shard(write_cache(values, v.swapaxes(1, 2), write_index), CACHE_AXES)
         read_keys, read_values = keys, values
@@ -233,6 +247,10 @@ class SelfAttention(nnx.Module):
         groups = self.num_heads // self.num_kv_heads
         if self.scale_queries:
             q = q * jnp.asarray(self.head_dim ** -0.5, q.dtype)
+        if isinstance(k, CacheBlocks):
+            if bias is not None:
+                raise ValueError("blocked caches serve decoder-only models (no score bias)")
+            return blocked_attention(q, k, v, mask)
         if groups == 1 and bias is None:  # plain multi-head: 4-D einsums, no size-1 group axis
             scores = jnp.einsum("bthd,bhsd->bhts", q, k, preferred_element_type=jnp.float32)
             if mask is not None:

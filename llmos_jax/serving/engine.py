@@ -2,11 +2,14 @@
 
 One background thread runs the loop. Each iteration it
 1. applies aborts and deadlines (a freed slot is free before the next step),
-2. admits the oldest waiting request into a free slot and prefills at most one
-   chunk of its prompt (`prefill_chunk` tokens; encoder-decoders encode the whole
-   prompt at once), so a long prompt delays the running streams by one chunk per
-   iteration, never by the whole prompt,
-3. when a prompt is done, copies it into its slot and sends its first token,
+2. admits the oldest waiting requests into free slots, as one prefill group of up
+   to `prefill_batch` prompts (1, 2, 4, ...: as many as wait and fit), and
+   prefills at most one chunk of each (`prefill_chunk` tokens; encoder-decoders
+   encode one whole prompt at once), so a long prompt delays the running streams
+   by one chunk per iteration, never by the whole prompt, and a burst of
+   arrivals is prefilled in a few large matmuls instead of one prompt per step,
+3. when the group's prompts are done, copies each into its slot and sends its
+   first token,
 4. runs one decode step for every slot and sends each running request its token.
 Requests are validated in `submit` (on the caller's thread), the waiting queue is
 bounded (`QueueFull` past it), and every request's settings stay its own
@@ -61,17 +64,17 @@ class EngineStats:
     draining: bool
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # members are found by identity
 class _Live:
-    """A request that holds a slot: prefilling (`buffer` set) or decoding."""
+    """A request that holds a slot: prefilling (in a `_PrefillGroup`) or decoding."""
 
     request: GenerationRequest
     sink: EventSink
     slot: int
     stop_ids: frozenset[int]
     queue_seconds: float
-    prefilled: int = 0     # prompt tokens prefilled so far (decoders)
-    buffer: object = None  # the one-row prefill cache while prefilling
+    row: int = 0           # its row of the prefill group's buffer
+    prefilled: int = 0     # prompt tokens prefilled so far
     generated: int = 0
 
     @property
@@ -88,6 +91,20 @@ class _Live:
         return settings
 
 
+@dataclasses.dataclass
+class _PrefillGroup:
+    """Requests prefilled together, one chunk of each per iteration, in one buffer."""
+
+    members: list[_Live]
+    buffer: object  # the [rows, ...] prefill cache
+    logits: object  # [rows, vocab]: each prompt's last logits, once its prompt ended
+    start: int = 0  # prompt position of the next chunk (the same for every row)
+
+    @property
+    def longest(self) -> int:
+        return max(member.prompt_len for member in self.members)
+
+
 class ServingEngine:
     """Serves `GenerationRequest`s from many threads over one model, in one running batch.
 
@@ -99,7 +116,10 @@ class ServingEngine:
         `QueueFull` (0: only as many requests as there are free slots).
       max_context: Positions per slot (prompt + generated; decoder positions for
         encoder-decoders); default the model's `max_len`.
-      prefill_chunk: Prompt tokens prefilled per loop iteration.
+      prefill_chunk: Prompt tokens of each prefilling request per loop iteration.
+      prefill_batch: Most requests prefilled together (a burst of arrivals waits
+        for fewer steps); the running streams wait for up to
+        `prefill_batch * prefill_chunk` prompt tokens per iteration.
       eos_id: End-of-sequence id (None: none).
       decoder_start_id: Encoder-decoders' decoder start token.
 
@@ -108,7 +128,8 @@ class ServingEngine:
 
     def __init__(self, model: nnx.Module, *, max_slots: int = 8, max_queue: int = 64,
                  max_context: int | None = None, prefill_chunk: int = 64,
-                 eos_id: int | None = None, decoder_start_id: int = 0):
+                 prefill_batch: int = 4, eos_id: int | None = None,
+                 decoder_start_id: int = 0):
         if max_slots < 1:
             raise ValueError(f"max_slots must be >= 1, got {max_slots}")
         if max_queue < 0:
@@ -118,8 +139,10 @@ class ServingEngine:
         if not 2 <= context <= config.max_len:
             raise ValueError(f"max_context must be in [2, {config.max_len}] (the model's max_len), "
                              f"got {context}")
+        if prefill_batch < 1:
+            raise ValueError(f"prefill_batch must be >= 1, got {prefill_batch}")
         self.programs = SlotPrograms(model, slots=max_slots, context=context,
-                                     prefill_chunk=prefill_chunk,
+                                     prefill_chunk=prefill_chunk, prefill_rows=prefill_batch,
                                      decoder_start_id=decoder_start_id)
         self.max_slots, self.max_queue, self.max_context = max_slots, max_queue, context
         self.vocab_size = config.vocab_size
@@ -132,7 +155,7 @@ class ServingEngine:
             collections.deque())
         self._aborts: dict[str, FinishReason] = {}
         self._slots: list[_Live | None] = [None] * max_slots
-        self._prefilling: _Live | None = None
+        self._prefilling: _PrefillGroup | None = None
         self._known: set[str] = set()
         self._ready = self._draining = self._stopping = False
         self._thread: threading.Thread | None = None
@@ -172,7 +195,7 @@ class ServingEngine:
             if not self._ready or self._draining or self._stopping:
                 raise EngineNotReady("the model is warming up or the server is shutting down")
             # Requests that free slots will take at once do not count as waiting.
-            free = sum(s is None for s in self._slots) - (self._prefilling is not None)
+            free = sum(s is None for s in self._slots) - len(self._prefill_members())
             if len(self._waiting) >= self.max_queue + max(0, free):
                 busy = len(self._waiting) / self.max_slots + 1
                 raise QueueFull(len(self._waiting), max(1.0, busy * self._mean_seconds))
@@ -216,10 +239,10 @@ class ServingEngine:
     def stats(self) -> EngineStats:
         with self._cond:
             live = [s for s in self._slots if s is not None]
-            running = len(live) + (self._prefilling is not None)
+            prefilling = self._prefill_members()
+            running = len(live) + len(prefilling)
             used = sum(s.prompt_len + s.generated for s in live)
-            if self._prefilling is not None:
-                used += self._prefilling.prefilled
+            used += sum(s.prefilled for s in prefilling)
             return EngineStats(running=running, waiting=len(self._waiting),
                                kv_cache_usage=min(1.0, used / (self.max_slots * self.max_context)),
                                compilations=self.programs.compilations,
@@ -288,7 +311,7 @@ class ServingEngine:
                     self._waiting.remove((request, sink))
                     reason = aborts.get(rid, FinishReason.TIMEOUT)
                     self._finish_unadmitted(request, sink, reason)
-        for live in [self._prefilling, *self._slots]:
+        for live in [*self._prefill_members(), *self._slots]:
             if live is None:
                 continue
             rid = live.request.request_id
@@ -297,53 +320,73 @@ class ServingEngine:
             elif live.request.deadline is not None and now > live.request.deadline:
                 self._finish(live, FinishReason.TIMEOUT)
 
+    def _prefill_members(self) -> list[_Live]:
+        return [] if self._prefilling is None else list(self._prefilling.members)
+
     def _admit(self, now: float) -> None:
+        """Starts a prefill group: as many waiting requests as fit a free slot each."""
+        programs = self.programs
         with self._cond:
             free = [i for i, s in enumerate(self._slots) if s is None]
-            if not free or not self._waiting:
+            count = min(len(free), len(self._waiting))
+            if count == 0:
                 return
-            request, sink = self._waiting.popleft()
-        settings = request.settings
-        stop_ids = set(settings.stop_token_ids)
-        if self.eos_id is not None and not settings.ignore_eos:
-            stop_ids.add(self.eos_id)
-        self._prefilling = _Live(request=request, sink=sink, slot=free[0],
+            rows = max(g for g in programs.group_sizes if g <= count)
+            taken = [self._waiting.popleft() for _ in range(rows)]
+        members = []
+        for row, ((request, sink), slot) in enumerate(zip(taken, free)):
+            stop_ids = set(request.settings.stop_token_ids)
+            if self.eos_id is not None and not request.settings.ignore_eos:
+                stop_ids.add(self.eos_id)
+            members.append(_Live(request=request, sink=sink, slot=slot, row=row,
                                  stop_ids=frozenset(stop_ids),
-                                 queue_seconds=now - (request.arrival_time or now))
-        if not self.is_encoder_decoder:
-            self._prefilling.buffer = self.programs.empty_buffer()
+                                 queue_seconds=now - (request.arrival_time or now)))
+        buffer = None if self.is_encoder_decoder else programs.empty_buffer(rows)
+        self._prefilling = _PrefillGroup(members=members, buffer=buffer,
+                                         logits=programs.no_logits(rows))
 
     def _prefill_step(self) -> None:
-        live, programs = self._prefilling, self.programs
-        prompt = list(live.request.prompt_ids)
-        if self.is_encoder_decoder:
-            live.buffer, logits = programs.prefill_encoder(prompt, self._adapter_id(live))
-            live.prefilled = len(prompt)
+        group, programs = self._prefilling, self.programs
+        if self.is_encoder_decoder:  # one request per group, encoded at once
+            live = group.members[0]
+            group.buffer, group.logits = programs.prefill_encoder(
+                list(live.request.prompt_ids), self._adapter_id(live))
+            live.prefilled = group.start = live.prompt_len
         else:
-            chunk = programs.chunk_len
-            start = live.prefilled
-            piece = prompt[start:start + chunk]
-            tokens = np.zeros((1, chunk), np.int32)
-            tokens[0, :len(piece)] = piece
-            live.buffer, logits = programs.prefill_chunk(live.buffer, tokens, start,
-                                                         len(piece) - 1, self._adapter_id(live))
-            live.prefilled = start + len(piece)
-            if live.prefilled < len(prompt):
-                return
-        self._insert(live, logits)
+            chunk, start = programs.chunk_len, group.start
+            rows = len(group.logits)
+            tokens = np.zeros((rows, chunk), np.int32)
+            last = np.zeros((rows,), np.int32)
+            ends = np.zeros((rows,), bool)
+            adapters = np.zeros((rows,), np.int32)
+            for live in group.members:
+                adapters[live.row] = self._adapter_id(live)
+                piece = live.request.prompt_ids[start:start + chunk]
+                if len(piece):
+                    tokens[live.row, :len(piece)] = piece
+                    last[live.row] = len(piece) - 1
+                    ends[live.row] = start + chunk >= live.prompt_len
+                live.prefilled = min(live.prompt_len, start + chunk)
+            group.buffer, group.logits = programs.prefill_chunk(
+                group.buffer, group.logits, tokens, start, last, ends, adapters)
+            group.start = start + chunk
+        if group.start >= group.longest:
+            for live in list(group.members):
+                self._insert(group, live)
+            self._prefilling = None
 
-    def _insert(self, live: _Live, logits) -> None:
+    def _insert(self, group: _PrefillGroup, live: _Live) -> None:
         settings = live.request.settings
         ban = np.zeros((self.vocab_size,), bool)
         ban[list(live.stop_ids)] = True
         seed = settings.seed if settings.seed is not None else secrets.randbits(32)
         length = 1 if self.is_encoder_decoder else live.prompt_len
         self._state, choice = self.programs.insert(
-            self._state, live.buffer, logits, live.slot, length, list(live.request.prompt_ids),
-            ban, slot_key(seed), settings_rows([live.effective_settings]))
-        live.buffer = None
+            self._state, group.buffer, group.logits, live.row, live.slot, length,
+            list(live.request.prompt_ids), ban, slot_key(seed),
+            settings_rows([live.effective_settings]))
         with self._cond:
-            self._prefilling = None
+            group.members.remove(live)
             self._slots[live.slot] = live
             self._settings = None
         self._deliver(live, jax.device_get(choice), 0)
@@ -404,8 +447,11 @@ class ServingEngine:
 
     def _finish(self, live: _Live, reason: FinishReason, message: str = "") -> None:
         with self._cond:
-            if self._prefilling is live:
-                self._prefilling = None
+            group = self._prefilling
+            if group is not None and live in group.members:
+                group.members.remove(live)
+                if not group.members:
+                    self._prefilling = None
             elif self._slots[live.slot] is live:
                 self._slots[live.slot] = None
                 self._settings = None
@@ -435,7 +481,7 @@ class ServingEngine:
             self._cond.notify_all()
 
     def _fail_all(self, message: str) -> None:
-        for live in [self._prefilling, *self._slots]:
+        for live in [*self._prefill_members(), *self._slots]:
             if live is not None:
                 self._finish(live, FinishReason.ERROR, message)
 

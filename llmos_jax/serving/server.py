@@ -39,13 +39,15 @@ class EngineOptions:
       max_slots: Decode slots (requests decoded together).
       max_queue: Requests waiting beyond the free slots before 429.
       max_context: Positions per slot (default: the model's).
-      prefill_chunk: Prompt tokens prefilled per engine iteration.
+      prefill_chunk: Prompt tokens of each prefilling request per engine iteration.
+      prefill_batch: Most requests prefilled together.
     """
 
     max_slots: int = 8
     max_queue: int = 64
     max_context: int | None = None
     prefill_chunk: int = 64
+    prefill_batch: int = 4
 
 
 def build_engine(served: ServedModel, options: EngineOptions = EngineOptions()
@@ -54,7 +56,8 @@ def build_engine(served: ServedModel, options: EngineOptions = EngineOptions()
     context = options.max_context or served.max_context
     return ServingEngine(served.model, max_slots=options.max_slots, max_queue=options.max_queue,
                          max_context=min(context, served.max_context),
-                         prefill_chunk=options.prefill_chunk, eos_id=served.eos_id,
+                         prefill_chunk=options.prefill_chunk,
+                         prefill_batch=options.prefill_batch, eos_id=served.eos_id,
                          decoder_start_id=served.decoder_start_id)
 
 

@@ -1,16 +1,22 @@
 """The serving engine's device programs: chunked prefill, insert into a slot, one decode step.
 
 The running batch is a `SlotState`: one preallocated KV cache with a row per
-slot, and per slot its length (the next cache position it writes, so each row
+slot (for decoders, each layer's keys and values split into blocks of
+`READ_SPAN_SMALLEST` slots, `llmos_jax.models.cache_blocks`, so a step reads the
+prefix its longest row needs without copying it), and per slot its length (the next cache position it writes, so each row
 masks and positions by its own length), last token, generated-token counts,
-prompt tokens, banned-until-`min_tokens` tokens and random key. A request's
-prompt is prefilled into a one-row buffer, `prefill_chunk` tokens per call, so a
-long prompt costs the running streams one chunk per engine iteration rather
-than the whole prompt at once; the finished buffer is then copied into a free
-row (`insert`), which also chooses the request's first token with its settings.
+prompt tokens, banned-until-`min_tokens` tokens and random key. Prompts are
+prefilled into a buffer of a few rows (a prefill group: up to `prefill_rows`
+waiting requests at once, so a burst of arrivals is admitted in a few large
+matmuls rather than one prompt per step), `prefill_chunk` tokens of each per
+call, so a long prompt costs the running streams one chunk per engine iteration
+rather than the whole prompt at once. Each finished row is then copied into a
+free slot (`insert`), which also chooses the request's first token with its
+settings.
 
-Every program has a fixed set of shapes (one prefill chunk size; for
-encoder-decoders, a few encoder-length buckets), and `warm_up` runs each
+Every program has a fixed set of shapes (one prefill chunk size, group sizes
+1, 2, 4, ... up to `prefill_rows`; for encoder-decoders, one row and a few
+encoder-length buckets), and `warm_up` runs each
 before the server reports ready, so a running server never compiles;
 `compilations` counts what was compiled (the engine exports it to /metrics,
 and a test checks it does not move after warm-up). The state is donated to
@@ -34,7 +40,8 @@ from llmos_jax.inference.decoding_model import (
     unstack_params,
     unstacked_structure,
 )
-from llmos_jax.inference.kv_cache import KVCache, empty_cache
+from llmos_jax.inference.kv_cache import CACHE_AXES, KVCache, empty_cache
+from llmos_jax.models.cache_blocks import CacheBlocks
 from llmos_jax.serving.slot_sampling import Choice, SlotSettings, choose_tokens, settings_rows
 
 Params = Any
@@ -87,12 +94,15 @@ class SlotPrograms:
       context: Cache positions per row (prompt + generated; decoder positions for
         encoder-decoders).
       prefill_chunk: Prompt tokens per prefill call (decoders).
+      prefill_rows: Most prompts prefilled together (decoders; a group's size is
+        bucketed to 1, 2, 4, ...). Encoder-decoders prefill one at a time.
       decoder_start_id: Encoder-decoders' first decoder token.
       encoder_context: Longest encoder input (encoder-decoders).
     """
 
     def __init__(self, model: nnx.Module, *, slots: int, context: int, prefill_chunk: int,
-                 decoder_start_id: int = 0, encoder_context: int | None = None):
+                 prefill_rows: int = 1, decoder_start_id: int = 0,
+                 encoder_context: int | None = None):
         self.encoder_decoder = is_encoder_decoder(model)
         self.config = config = model.config
         self.slots, self.context = slots, context
@@ -107,6 +117,8 @@ class SlotPrograms:
                            else doubling_buckets(context, READ_SPAN_SMALLEST))
         self.prefill_spans = doubling_buckets(self.buffer_len,
                                               max(READ_SPAN_SMALLEST, self.chunk_len))
+        largest_group = 1 if self.encoder_decoder else max(1, min(prefill_rows, slots))
+        self.group_sizes = doubling_buckets(largest_group, 1)
         self.decoder_start_id = decoder_start_id
         params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         if config.scan_layers:  # decoding reads per-layer weights in place
@@ -118,7 +130,8 @@ class SlotPrograms:
         self._shard = model.shard
         self._programs: list[Callable] = []
         self._init_fn = self._jit(self._init_state)
-        self._buffer_fn = self._jit(lambda: self._cache(1, self.buffer_len, None))
+        self._buffer_fn = self._jit(lambda rows: self._cache(rows, self.buffer_len, None),
+                                    static=("rows",))
         self._chunk_fn = self._jit(self._prefill_chunk, donate=(1,), static=("read_len",))
         self._encode_fn = self._jit(self._prefill_encoder)
         self._insert_fn = self._jit(self._insert, donate=(0,))
@@ -142,11 +155,25 @@ class SlotPrograms:
         return dataclasses.replace(cache, cross_keys=cross.keys, cross_values=cross.values,
                                    encoder_valid=cross.key_valid)
 
+    def _slot_cache(self) -> KVCache:
+        """The running batch's cache: blocked for decoders (see the module docstring)."""
+        if self.encoder_decoder:
+            return self._cache(self.slots, self.context, self.encoder_context)
+        config, block_len = self.config, self.step_spans[0]
+
+        def layer() -> CacheBlocks:
+            return CacheBlocks.zeros(self.slots, config.num_kv_heads, self.context,
+                                     config.head_dim, config.compute_dtype, block_len).map(
+                lambda block: self._shard(block, CACHE_AXES))
+
+        return KVCache(keys=tuple(layer() for _ in range(self.num_layers)),
+                       values=tuple(layer() for _ in range(self.num_layers)),
+                       key_valid=jnp.ones((self.slots, self.context), bool))
+
     def _init_state(self) -> SlotState:
         slots, vocab = self.slots, self.vocab_size
-        encoder_len = self.encoder_context if self.encoder_decoder else None
         zeros = jnp.zeros((slots,), jnp.int32)
-        return SlotState(cache=self._cache(slots, self.context, encoder_len), lengths=zeros,
+        return SlotState(cache=self._slot_cache(), lengths=zeros,
                          last_tokens=zeros, generated=zeros,
                          counts=jnp.zeros((slots, vocab), jnp.int32),
                          prompt_seen=jnp.zeros((slots, vocab), bool),
@@ -158,17 +185,26 @@ class SlotPrograms:
     def _model(self, params):
         return nnx.merge(self.graphdef, params)
 
-    def _prefill_chunk(self, params, buffer: KVCache, tokens, start, last, adapter_ids, *,
-                       read_len: int):
-        """Writes one chunk [1, C] of a decoder prompt at `start`; logits at chunk index `last`."""
+    def _prefill_chunk(self, params, buffer: KVCache, final_logits, tokens, start, last, ends,
+                       adapter_ids, *, read_len: int):
+        """Writes one chunk [G, C] of G decoder prompts at `start` (the same for every row).
+
+        Row i's logits at chunk index `last[i]` replace its row of `final_logits` where
+        `ends[i]` (its prompt ends in this chunk); a row whose prompt ended earlier keeps
+        the logits it had, whatever this chunk computes for it. Row i runs with LoRA
+        adapter `adapter_ids[i]` (0: the base).
+        """
         model = self._model(params)
         select_adapters(model, adapter_ids)
-        positions = start + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+        rows, length = tokens.shape
+        positions = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32), (rows, length))
         hidden, keys, values = model.extend(tokens, positions=positions, keys=buffer.keys,
                                             values=buffer.values, write_index=start,
                                             key_valid=buffer.key_valid, read_len=read_len)
-        last_hidden = jax.lax.dynamic_slice_in_dim(hidden, last, 1, axis=1)
-        return dataclasses.replace(buffer, keys=keys, values=values), model.logits(last_hidden)[:, 0]
+        last_hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
+        logits = model.logits(last_hidden)[:, 0]
+        final_logits = jnp.where(ends[:, None], logits, final_logits)
+        return dataclasses.replace(buffer, keys=keys, values=values), final_logits
 
     def _prefill_encoder(self, params, prompt, prompt_valid, adapter_ids):
         """Encodes a [1, bucket] prompt, caches its cross keys/values and runs the start token."""
@@ -193,9 +229,14 @@ class SlotPrograms:
             encoder_valid=buffer.encoder_valid)
         return dataclasses.replace(buffer, keys=keys, values=values), model.logits(hidden)[:, 0]
 
-    def _insert(self, state: SlotState, buffer: KVCache, logits, slot, length, prompt_ids,
+    def _insert(self, state: SlotState, buffer: KVCache, logits, row, slot, length, prompt_ids,
                 stop_ban, key, settings: SlotSettings):
-        """Copies a prefilled one-row buffer into row `slot` and chooses its first token."""
+        """Copies row `row` of a prefilled buffer into slot `slot`; chooses its first token."""
+        def take(a):  # row `row` of a [G, ...] buffer array, as [1, ...]
+            return jax.lax.dynamic_slice_in_dim(a, row, 1, axis=0)
+
+        buffer = jax.tree.map(take, buffer)
+        logits = take(logits)
         vocab = self.vocab_size
         prompt_seen = jnp.zeros((vocab,), bool).at[prompt_ids].max(prompt_ids >= 0)[None]
         counts = jnp.zeros((1, vocab), jnp.int32)
@@ -207,12 +248,18 @@ class SlotPrograms:
             start = (slot,) + (0,) * (target.ndim - 1)
             return jax.lax.dynamic_update_slice(target, row.astype(target.dtype), start)
 
-        context = self.context
+        def put_layer(target, row):  # a row's whole cache [1, heads, >= context, head_dim]
+            if isinstance(target, CacheBlocks):
+                return CacheBlocks(tuple(
+                    put(block, row[:, :, start:start + block.shape[2]])
+                    for start, block in zip(target.starts, target.blocks)))
+            return put(target, row[:, :, :self.context])
+
         cache = state.cache
         cache = dataclasses.replace(
             cache,
-            keys=tuple(put(t, b[:, :, :context]) for t, b in zip(cache.keys, buffer.keys)),
-            values=tuple(put(t, b[:, :, :context]) for t, b in zip(cache.values, buffer.values)),
+            keys=tuple(put_layer(t, b) for t, b in zip(cache.keys, buffer.keys)),
+            values=tuple(put_layer(t, b) for t, b in zip(cache.values, buffer.values)),
             cross_keys=tuple(put(t, b) for t, b in zip(cache.cross_keys, buffer.cross_keys)),
             cross_values=tuple(put(t, b) for t, b in zip(cache.cross_values,
                                                          buffer.cross_values)),
@@ -295,13 +342,20 @@ class SlotPrograms:
             if self.encoder_decoder:
                 for bucket in encoder_buckets(self.encoder_context):
                     buffer, logits = self.prefill_encoder([0] * bucket)
-            else:
-                buffer = self.empty_buffer()
-                for span in self.prefill_spans:  # a chunk ending at each span's end
-                    buffer, logits = self.prefill_chunk(
-                        buffer, np.zeros((1, self.chunk_len), np.int32),
-                        span - self.chunk_len, 0)
-            state, _ = self.insert(state, buffer, logits, slot, 1, [0], no_ban, key, one)
+                state, _ = self.insert(state, buffer, logits, 0, slot, 1, [0], no_ban, key, one)
+                continue
+            for rows in self.group_sizes:
+                buffer, logits = self.empty_buffer(rows), self.no_logits(rows)
+                # A chunk ending at each span's end, each twice: a group's first chunk
+                # takes a fresh buffer and host logits, the next ones the previous outputs.
+                for span in self.prefill_spans:
+                    for _ in range(2):
+                        buffer, logits = self.prefill_chunk(
+                            buffer, logits, np.zeros((rows, self.chunk_len), np.int32),
+                            span - self.chunk_len, np.zeros((rows,), np.int32),
+                            np.ones((rows,), bool))
+                state, _ = self.insert(state, buffer, logits, rows - 1, slot, 1, [0], no_ban,
+                                       key, one)
         every = settings_rows([None] * self.slots)
         active = np.zeros((self.slots,), bool)
         adapters = np.zeros((self.slots,), np.int32)
@@ -320,16 +374,29 @@ class SlotPrograms:
         """Longest prompt a slot takes (the encoder input for encoder-decoders)."""
         return self.encoder_context if self.encoder_decoder else self.context
 
-    def empty_buffer(self) -> KVCache:
-        return self._buffer_fn()
+    def empty_buffer(self, rows: int = 1) -> KVCache:
+        """A prefill buffer for a group of `rows` prompts (one of `group_sizes`)."""
+        return self._buffer_fn(rows=rows)
 
-    def prefill_chunk(self, buffer: KVCache, tokens: np.ndarray, start: int,
-                      last: int, adapter_id: int = 0) -> tuple[KVCache, jax.Array]:
-        """Prefills `tokens` [1, chunk_len] at `start` with LoRA adapter `adapter_id` (0: the
-        base); logits of chunk index `last`."""
+    def no_logits(self, rows: int = 1) -> np.ndarray:
+        """The `final_logits` a group starts from (replaced as each prompt ends)."""
+        return np.zeros((rows, self.vocab_size), np.float32)
+
+    def prefill_chunk(self, buffer: KVCache, final_logits, tokens: np.ndarray, start: int,
+                      last: np.ndarray, ends: np.ndarray,
+                      adapter_ids: np.ndarray | None = None) -> tuple[KVCache, jax.Array]:
+        """Prefills `tokens` [G, chunk_len] at `start` (`buffer` is donated).
+
+        Returns the buffer and `final_logits` [G, vocab], whose row i is replaced by the
+        logits at chunk index `last[i]` where `ends[i]`. `adapter_ids` [G]: each row's
+        LoRA adapter (default: the base for every row).
+        """
         span = bucket_for(self.prefill_spans, start + self.chunk_len)
-        return self._chunk_fn(self.params, buffer, tokens, np.int32(start), np.int32(last),
-                              np.full((1,), adapter_id, np.int32), read_len=span)
+        if adapter_ids is None:
+            adapter_ids = np.zeros((tokens.shape[0],), np.int32)
+        return self._chunk_fn(self.params, buffer, final_logits, tokens, np.int32(start),
+                              np.asarray(last, np.int32), np.asarray(ends, bool),
+                              np.asarray(adapter_ids, np.int32), read_len=span)
 
     def prefill_encoder(self, prompt_ids: list[int],
                         adapter_id: int = 0) -> tuple[KVCache, jax.Array]:
@@ -342,14 +409,15 @@ class SlotPrograms:
         valid[0, :len(prompt_ids)] = True
         return self._encode_fn(self.params, prompt, valid, np.full((1,), adapter_id, np.int32))
 
-    def insert(self, state: SlotState, buffer: KVCache, logits: jax.Array, slot: int,
+    def insert(self, state: SlotState, buffer: KVCache, logits: jax.Array, row: int, slot: int,
                length: int, prompt_ids: list[int], stop_ban: np.ndarray, key: np.ndarray,
                settings: SlotSettings) -> tuple[SlotState, Choice]:
-        """Puts a prefilled request into row `slot` (`state` is donated) and chooses its
-        first token."""
+        """Puts row `row` of a prefilled buffer into slot `slot` (`state` is donated) and
+        chooses its first token."""
         padded = np.full((self.prompt_capacity,), -1, np.int32)
         padded[:len(prompt_ids)] = prompt_ids
-        return self._insert_fn(state, buffer, logits, np.int32(slot), np.int32(length), padded,
+        return self._insert_fn(state, buffer, logits, np.int32(row), np.int32(slot),
+                               np.int32(length), padded,
                                stop_ban, key, settings)
 
     def decode_step(self, state: SlotState, settings: SlotSettings, active: np.ndarray,
