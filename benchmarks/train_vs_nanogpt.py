@@ -17,7 +17,8 @@ records:
 - from each command's own log: llmos's median `step_time` over the JSONL
   intervals after the first (which holds compilation; evaluation and
   checkpoint time is excluded by the loop itself), nanoGPT's median
-  logged iteration time, and the time from launch to the first logged step.
+  logged iteration time, and (llmos) the time from launch to the start of
+  the training loop (imports, data, initialisation; before the step compiles).
 
 It also prints the CPU model, its flags of interest and a measured float32
 matmul peak (numpy, 1024^2, median of 10), and writes everything as JSON.
@@ -160,14 +161,16 @@ def tree_rss_bytes(root: int) -> int:
     return total
 
 
-def run_measured(command: list[str], cwd: pathlib.Path, log_path: pathlib.Path) -> dict:
+def run_measured(command: list[str], cwd: pathlib.Path, log_path: pathlib.Path,
+                 env: dict[str, str] | None = None) -> dict:
     """Runs `command` to completion; its wall, CPU and memory figures and the machine's load."""
     load_before = loadavg()
     busy_before = busy_seconds()
     with open(log_path, "w") as log:
         start = time.perf_counter()
         launched_at = time.time()
-        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                   env=env)
         peak = [0]
         done = threading.Event()
 
@@ -207,7 +210,8 @@ def llmos_log_figures(model_dir: pathlib.Path, launched_at: float) -> dict:
     first = train[0]
     return {"median_step_ms": 1000 * statistics.median(r["step_time"] for r in train[1:])
             if len(train) > 1 else None,
-            "first_step_after_s": first["time"] - first["step_time"] * first["step"]
+            # The first interval starts when the loop does, before the step compiles.
+            "loop_start_after_s": first["time"] - first["step_time"] * first["step"]
             - launched_at,
             "final_eval_loss": next((r["loss"] for r in reversed(records)
                                      if r.get("split") == "eval" and "loss" in r), None)}
@@ -270,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     work = pathlib.Path(tempfile.mkdtemp(prefix="train_vs_nanogpt_"))
     env_note = f"LLMOS_DATA_DIR={data_dir}"
     os.environ["LLMOS_DATA_DIR"] = str(data_dir)
+    # Time this checkout's llmos_jax, whatever the environment has installed.
+    llmos_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     runs: dict[str, list[dict]] = {"llmos": [], "nanogpt": []}
     order = [("llmos", "nanogpt") if i % 2 == 0 else ("nanogpt", "llmos")
              for i in range(args.repeats)]
@@ -278,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = work / f"{name}_{index}"
             log_path = work / f"{name}_{index}.log"
             if name == "llmos":
-                result = run_measured(llmos_command(str(folder), args.steps), REPO, log_path)
+                result = run_measured(llmos_command(str(folder), args.steps), REPO, log_path,
+                                      env=llmos_env)
                 if result["returncode"] == 0:
                     result.update(llmos_log_figures(folder, result["launched_at"]))
             else:
