@@ -227,6 +227,24 @@ def nanogpt_log_figures(log_text: str, eval_every: int) -> dict:
             "final_eval_loss": float(losses[-1]) if losses else None}
 
 
+def compilation_cache_dir_of(env: dict[str, str], resolve) -> str | None:
+    """The folder llmos will keep compiled programs in under `env` (see `runtime`)."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        return resolve()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def cache_entries(directory: str | None) -> set[str]:
+    if directory is None or not os.path.isdir(directory):
+        return set()
+    return set(os.listdir(directory))
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -260,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="training steps (2000 is the issue's job; fewer for a smoke run)")
     parser.add_argument("--output", default="train_vs_nanogpt.json", help="JSON results file")
     parser.add_argument("--keep", action="store_true", help="keep the run folders and logs")
+    parser.add_argument("--cold", action="store_true",
+                        help="give every llmos run an empty compilation cache (a first run); "
+                        "by default llmos uses its on-disk cache as a user's repeated runs do")
     args = parser.parse_args(argv)
 
     nanogpt = pathlib.Path(args.nanogpt_dir).resolve()
@@ -277,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     # Time this checkout's llmos_jax, whatever the environment has installed.
     llmos_env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    sys.path.insert(0, str(REPO))
+    from llmos_jax.runtime import compilation_cache_dir  # stdlib only: no JAX here
     runs: dict[str, list[dict]] = {"llmos": [], "nanogpt": []}
     order = [("llmos", "nanogpt") if i % 2 == 0 else ("nanogpt", "llmos")
              for i in range(args.repeats)]
@@ -285,8 +308,14 @@ def main(argv: list[str] | None = None) -> int:
             folder = work / f"{name}_{index}"
             log_path = work / f"{name}_{index}.log"
             if name == "llmos":
+                if args.cold:
+                    llmos_env["LLMOS_COMPILATION_CACHE"] = str(work / f"xla_cache_{index}")
+                cache = compilation_cache_dir_of(llmos_env, compilation_cache_dir)
+                before = cache_entries(cache)
                 result = run_measured(llmos_command(str(folder), args.steps), REPO, log_path,
                                       env=llmos_env)
+                result["compile_cache"] = cache
+                result["compile_cache_new_entries"] = len(cache_entries(cache) - before)
                 if result["returncode"] == 0:
                     result.update(llmos_log_figures(folder, result["launched_at"]))
             else:
@@ -299,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
                          f"log: {log_path}")
             runs[name].append(result)
             step = result.get("median_step_ms")
+            if name == "llmos":
+                print(f"         compilation cache {result['compile_cache']}: "
+                      f"{result['compile_cache_new_entries']} new entries "
+                      f"({'compiled' if result['compile_cache_new_entries'] else 'loaded'})")
             print(f"{name:8s} run {index}: wall {result['wall_s']:6.1f} s, cpu "
                   f"{result['cpu_s']:6.1f} s, peak tree RSS {result['peak_tree_rss_mb']:6.0f} MB, "
                   f"median step {step if step is None else round(step, 1)} ms, other processes "
