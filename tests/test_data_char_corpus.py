@@ -1,4 +1,4 @@
-"""The numpy pipeline (`LMBatches.pipeline='numpy'`): the seqio pipeline's batches without TensorFlow."""
+"""LMBatches.pipeline='numpy': the seqio pipeline's batches, without TensorFlow."""
 
 import pathlib
 import subprocess
