@@ -20,6 +20,9 @@ The cost is that freed memory stays in the process (its resident size stays
 at its peak), which is what a training process wants anyway.
 
 Set `LLMOS_HOST_ALLOCATOR=system` to leave malloc alone.
+
+`configure_compilation_cache()` keeps compiled programs on disk between runs
+(`LLMOS_COMPILATION_CACHE=off` to turn it off; see `compilation_cache_dir`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ _M_ARENA_MAX = -8
 _INT_MAX = 2**31 - 1
 
 _ENV_ALLOCATOR = "LLMOS_HOST_ALLOCATOR"
+_ENV_COMPILATION_CACHE = "LLMOS_COMPILATION_CACHE"
 _state = {"allocator": None}
 
 
@@ -73,6 +77,44 @@ def configure_host_allocator() -> bool:
     return applied
 
 
+def compilation_cache_dir() -> str | None:
+    """Where compiled XLA programs are kept between runs (None: not kept).
+
+    `JAX_COMPILATION_CACHE_DIR` when set (JAX reads it itself); else
+    `LLMOS_COMPILATION_CACHE` (a folder, or `off`); else
+    `$XDG_CACHE_HOME/llmos_jax/xla` (`~/.cache/llmos_jax/xla`).
+    """
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    setting = os.environ.get(_ENV_COMPILATION_CACHE, "")
+    if setting.lower() in ("off", "0", "false", "none"):
+        return None
+    if setting:
+        return os.path.abspath(os.path.expanduser(setting))
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache_home, "llmos_jax", "xla")
+
+
+def configure_compilation_cache() -> str | None:
+    """Keeps compiled XLA programs on disk, so a repeated run skips compiling them.
+
+    Compiling the train step, the eval step and the initialiser of even a
+    0.8M-parameter model takes seconds to tens of seconds on a 2-core CPU
+    (docs/performance.md); a second run of the same configuration loads them
+    instead. JAX keys each entry by the program, the compiler flags and the
+    devices, so a changed model or flag compiles afresh. Programs that compile
+    in under a second are not kept. Returns the folder used (None: off).
+    """
+    directory = compilation_cache_dir()
+    if directory is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return directory
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", directory)
+    return jax.config.jax_compilation_cache_dir
+
+
 def configure_host_runtime() -> None:
     """Everything llmos_jax sets up per process for fast host (CPU) execution.
 
@@ -80,3 +122,4 @@ def configure_host_runtime() -> None:
     Harmless on GPU/TPU hosts.
     """
     configure_host_allocator()
+    configure_compilation_cache()

@@ -63,6 +63,7 @@ def child_env(compilation_cache: bool = True) -> dict[str, str]:
                PYTHONUNBUFFERED="1")
     if not compilation_cache:
         env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        env["LLMOS_COMPILATION_CACHE"] = "off"  # nor the per-user default cache
     return env
 
 

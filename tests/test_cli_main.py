@@ -263,7 +263,9 @@ def test_python_dash_m_error_is_one_line_without_traceback():
 @pytest.mark.parametrize("code", [
     "import sys\nfrom llmos_jax.cli.main import main\nassert main(['--help']) == 0\n",
     "import sys\nimport llmos_jax.models\n",
-], ids=["llmos --help", "import llmos_jax.models"])
+    # The trainer writes TensorBoard events through tensorboardX, whose package imports torch.
+    "import sys\nimport llmos_jax.training.trainer\n",
+], ids=["llmos --help", "import llmos_jax.models", "import llmos_jax.training.trainer"])
 def test_help_and_model_imports_load_neither_tensorflow_nor_torch(code):
     """Start-up cost: TensorFlow (seqio) and torch (tensorboardX, transformers) load only
     where a run needs them."""

@@ -24,6 +24,7 @@ from typing import Any
 import gin
 import llmos_jax
 from gin import config_parser
+from llmos_jax.data import tensorflow_host
 from llmos_jax.errors import did_you_mean
 from llmos_jax.errors import UserError
 
@@ -40,6 +41,8 @@ CONFIGURABLE_MODULES: tuple[str, ...] = (
     "llmos_jax.training.trainer",
     "llmos_jax.training.fault_injection",
 )
+# Those of them that import seqio and TensorFlow (imported late by `defer_seqio`).
+SEQIO_CONFIGURABLE_MODULES = frozenset(tensorflow_host.SEQIO_CONFIGURABLE_MODULES)
 # Packages that only the seqio task modules need. A host without them (a GPU
 # image with no TensorFlow) still trains from split snapshots
 # (LMBatches.snapshot_dir), so modules failing on these are skipped, not fatal.
@@ -88,6 +91,7 @@ def parse_gin(
     binding_sources: Sequence[str] | None = None,
     configurable_modules: Sequence[str] = CONFIGURABLE_MODULES,
     finalize: bool = True,
+    defer_seqio: bool = False,
 ) -> None:
     """Parses gin files, then bindings (later ones win), into gin's global config.
 
@@ -101,6 +105,10 @@ def parse_gin(
         so errors name what the user typed; defaults to the binding text.
       configurable_modules: modules imported first so their configurables exist.
       finalize: lock the config afterwards, as T5X does.
+      defer_seqio: parse first without the `SEQIO_CONFIGURABLE_MODULES` (which
+        import TensorFlow), and import them only when the config names one of
+        their configurables (`llmos train`: a run on the numpy pipeline never
+        loads TensorFlow; a run on a seqio Task loads it when it reads data).
 
     Raises:
       UserError: naming the file, line or binding at fault and a likely fix.
@@ -114,18 +122,32 @@ def parse_gin(
     for directory in dirs[1:]:  # gin always searches the cwd itself.
         if str(directory) not in _gin_search_prefixes():
             gin.add_config_file_search_path(str(directory))
-    import_configurable_modules(configurable_modules)  # Slow (jax): after cheap checks.
-    # A fresh, unlocked config for every command, so several run in one process (a notebook).
-    gin.clear_config()
+    deferred = [module for module in configurable_modules
+                if defer_seqio and module in SEQIO_CONFIGURABLE_MODULES]
+    # Slow (jax): after cheap checks.
+    import_configurable_modules([m for m in configurable_modules if m not in deferred])
+    if deferred:
+        try:  # Most configs name no seqio configurable: then TensorFlow is never imported.
+            _parse_files_and_bindings(files, bindings, finalize)
+            return
+        except Exception:  # A configurable not registered yet, or a real mistake: see below.
+            import_configurable_modules(deferred)
     try:
-        with _include_probes():
-            gin.parse_config_files_and_bindings(
-                [str(path) for path in files], list(bindings), finalize_config=finalize
-            )
+        _parse_files_and_bindings(files, bindings, finalize)
     except Exception as gin_error:  # Every failure here comes from the config.
         _raise_first_problem(files, bindings, binding_sources, dirs)
         message = str(gin_error).replace("\n", " ")
         raise UserError(f"invalid gin config: {message}") from gin_error
+
+
+def _parse_files_and_bindings(files: Sequence[Path], bindings: Sequence[str],
+                              finalize: bool) -> None:
+    # A fresh, unlocked config for every command, so several run in one process (a notebook).
+    gin.clear_config()
+    with _include_probes():
+        gin.parse_config_files_and_bindings(
+            [str(path) for path in files], list(bindings), finalize_config=finalize
+        )
 
 
 class _DropPathNotFound(logging.Filter):

@@ -129,6 +129,7 @@ def _run_train(
         flags.all("gin_search_path"),
         binding_sources=sources,
         configurable_modules=configurable_modules,
+        defer_seqio=True,
     )
     from llmos_jax.cli import model_uris, run_tracking
 

@@ -33,6 +33,7 @@ import gin
 import seqio
 
 from llmos_jax.data import pretraining_tasks, text_tasks
+from llmos_jax.data.char_corpus import nanogpt_char_split  # noqa: F401 (also used from here)
 from llmos_jax.data.char_vocabulary import CharacterVocabulary
 from llmos_jax.data.data_dir import resolve_data_files, resolve_data_path
 from llmos_jax.data.finetune_tasks import seqio_tasks as finetune_tasks
@@ -49,12 +50,6 @@ TANG_FILES = "chinese_poetry_tang/poet.tang.*.json.gz"
 TANG_FIELDS = {"text": ("title", "paragraphs"), "id": "id"}
 
 
-def nanogpt_char_split(text: str, train_fraction: float) -> dict[str, str]:
-    """nanoGPT's ``shakespeare_char`` split: the first ``int(n * fraction)`` characters train."""
-    cut = int(len(text) * train_fraction)
-    return {"train": text[:cut], "validation": text[cut:]}
-
-
 @gin.configurable
 def register_tiny_shakespeare_char(path: str = "tinyshakespeare/input.txt",
                                    train_fraction: float = 0.9,
@@ -68,6 +63,8 @@ def register_tiny_shakespeare_char(path: str = "tinyshakespeare/input.txt",
     ``sequence_length`` characters; no paragraph splitting, so windows are
     consecutive and never padded except the last. Unlike nanoGPT, which draws
     windows at random offsets, rows are these fixed windows, shuffled.
+    ``LMBatches.pipeline = 'numpy'`` builds the same rows without seqio, from
+    ``char_corpus.CharCorpus`` (bind its ``path`` etc. there).
 
     Args:
       path: the text file.

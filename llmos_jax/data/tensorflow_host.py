@@ -14,6 +14,7 @@ start-up line, so a real native error still reaches the terminal.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import sys
@@ -66,3 +67,34 @@ def import_tensorflow() -> ModuleType:
         except RuntimeError:
             pass  # Something already ran TensorFlow ops; its devices are fixed.
     return tf
+
+
+# The data modules whose import registers gin configurables and needs seqio
+# (so TensorFlow). `llmos train` parses gin without them when it can
+# (`cli.gin_config.parse_gin(defer_seqio=True)`) and imports them here, on
+# first use, only if the run reads a seqio Task.
+SEQIO_CONFIGURABLE_MODULES: tuple[str, ...] = (
+    "llmos_jax.data.catalog",
+    "llmos_jax.data.providers",
+    "llmos_jax.data.text_tasks",
+    "llmos_jax.data.example_batches",
+    "llmos_jax.data.hf_tokenizer_vocab",
+    "llmos_jax.data.few_shot",
+)
+
+
+def import_seqio_modules() -> None:
+    """Imports TensorFlow (as `import_tensorflow`) and the seqio task modules, once.
+
+    Safe after gin has locked its config: the modules only register
+    configurables, which the parsed config did not bind (or it would have
+    imported them before parsing).
+    """
+    if all(module in sys.modules for module in SEQIO_CONFIGURABLE_MODULES):
+        return
+    import gin
+
+    import_tensorflow()
+    with gin.unlock_config():
+        for module in SEQIO_CONFIGURABLE_MODULES:
+            importlib.import_module(module)

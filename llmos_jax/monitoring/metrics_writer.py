@@ -16,21 +16,46 @@ queue makes ``flush()`` return before queued events reach the file. The caller
 decides when to fetch values from devices.
 """
 
+import importlib
 import json
 import math
 import os
 import pathlib
+import sys
 import time
 import types
 from collections.abc import Mapping
 from typing import IO, Any
 
 import numpy as np
-from tensorboardX import event_file_writer
-from tensorboardX import summary as tensorboard_summary
-from tensorboardX.proto import event_pb2
 
 from llmos_jax.errors import UserError
+
+
+def _import_tensorboardx_without_torch() -> None:
+    """Imports tensorboardX without letting it import PyTorch.
+
+    tensorboardX's package ``__init__`` imports its ``SummaryWriter``, which
+    tries ``import torch`` only to accept torch tensors; every submodule import
+    runs that ``__init__`` first. Where torch is installed that cost ~1.5 s and
+    ~300 MB at start-up of every run for nothing (we write numpy floats).
+    Marking torch unimportable for the duration makes its ``try: import
+    torch`` take the ImportError branch it already has; a torch imported
+    earlier (or later, by code that needs it) is left alone.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        return
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` -> ImportError
+    try:
+        importlib.import_module("tensorboardX")
+    finally:
+        del sys.modules["torch"]
+
+
+_import_tensorboardx_without_torch()
+from tensorboardX import event_file_writer  # noqa: E402
+from tensorboardX import summary as tensorboard_summary  # noqa: E402
+from tensorboardX.proto import event_pb2  # noqa: E402
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"

@@ -175,6 +175,9 @@ class TaskEvaluation:
                  layout: Layout, task_name: str, split: str, default_every: int,
                  sequence_length: int | Mapping[str, int], model_dir: pathlib.Path,
                  write: bool, vocabularies: TaskVocabularies | None = None):
+        from llmos_jax.data.tensorflow_host import import_seqio_modules
+
+        import_seqio_modules()  # `llmos train` may have parsed gin without them
         from llmos_jax.data.providers import get_provider
         from llmos_jax.evaluation.objective_predictors import (check_objective, feature_lengths,
                                                                mesh_batch_size)

@@ -27,13 +27,18 @@ from llmos_jax.training.model_card import CARD_FILE, model_card
 log = logging.getLogger("llmos_jax.train")
 
 
-def task_vocabularies_for_export(task_name: str, fallback: Any) -> TaskVocabularies:
+def task_vocabularies_for_export(task_name: str, fallback: Any, *,
+                                 from_task: bool = True) -> TaskVocabularies:
     """The vocabularies an export of a run on `task_name` carries.
 
     The Task's own (its inputs may differ from its targets, and may end with
-    EOS); on a host without seqio (training from a split snapshot), or for a
-    task that is not registered, `fallback` (the batches' vocabulary) serves as both.
+    EOS); on a host without seqio (training from a split snapshot), for a
+    task that is not registered, or with `from_task=False` (batches made
+    without seqio, whose run should not import it just for this),
+    `fallback` (the batches' vocabulary) serves as both.
     """
+    if not from_task:
+        return TaskVocabularies(fallback, fallback)
     try:
         from llmos_jax.data.providers import get_provider  # seqio: not on every host.
 

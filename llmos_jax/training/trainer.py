@@ -165,7 +165,9 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
     spec = (build_model_spec(config.model_config, objective, layout, config.seed)
             if config.lora is None else lora_model_spec(config, objective, layout))
     # Carried by model_dir/export and model_dir/best, so they serve with no gin file.
-    vocabularies = task_vocabularies_for_export(config.task_name, train_data.vocabulary)
+    vocabularies = task_vocabularies_for_export(
+        config.task_name, train_data.vocabulary,
+        from_task=getattr(train_data, "reads_seqio", True))
     task_eval = None if config.evaluator is None else TaskEvaluation(
         config.evaluator, objective=objective, spec=spec, layout=layout,
         task_name=config.task_name, split=config.eval_split, default_every=config.eval_every,
@@ -245,7 +247,8 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
                                   new_tokens=config.sample_new_tokens,
                                   temperature=config.sample_temperature,
                                   top_k=config.sample_top_k, seed=config.seed)
-                   if objective.generates_text and config.sample_prompts else None)
+                   if objective.generates_text and config.sample_prompts
+                   and config.sample_new_tokens > 0 else None)
         monitoring = cleanup.enter_context(RunMonitoring(
             config.alerting, metrics_port=config.metrics_port if is_chief else None,
             metrics_host=config.metrics_host,
