@@ -9,10 +9,13 @@ cd "$REPO_ROOT"
 # Two workers by default (LLMOS_TEST_WORKERS=0 runs in one process): most tests are
 # bound by XLA compilation, which is single-threaded. A file's tests stay on one
 # worker, so module-scoped fixtures (trained runs, servers) are built once.
+# Files go out slowest first (tests/conftest.py orders them by
+# tests/file_durations.json); xdist's own reordering, by number of tests per
+# file, would leave the few-test end-to-end files, the slowest, to the end.
 WORKERS="${LLMOS_TEST_WORKERS:-2}"
 PARALLEL=()
 if [ "$WORKERS" != "0" ]; then
-  PARALLEL=(-n "$WORKERS" --dist loadfile)
+  PARALLEL=(-n "$WORKERS" --dist loadfile --no-loadscope-reorder)
 fi
 set +e
 python -m pytest tests "${PARALLEL[@]}" "$@"
