@@ -7,8 +7,8 @@ end-to-end subprocesses, which inherit it), and a cached executable is the one
 a fresh compile makes, so only time changes. `LLMOS_TEST_COMPILATION_CACHE=0`
 turns it off; a `JAX_COMPILATION_CACHE_DIR` already set is used as it is.
 
-Files run slowest first (tests/file_durations.json, seconds per file of a
-recorded run): with `--dist loadfile` each xdist worker takes the next file when
+Files run slowest first (tests/file_durations.json, seconds per file from a
+full run): with `--dist loadfile` each xdist worker takes the next file when
 it is free, so starting with the longest files keeps the two workers busy to
 the end instead of leaving one to finish a long end-to-end file alone.
 `LLMOS_RECORD_TEST_DURATIONS=1 tools/test.sh` rewrites the file.
@@ -21,16 +21,8 @@ import pathlib
 import shutil
 import tempfile
 
-# The tests' programs are tiny: compiling them costs far more CPU than running them, and most
-# of the compile is LLVM optimising the generated code. Its cheapest level cuts the CPU time of
-# a test that compiles by about a quarter (a tenth to a third); results stay float32 results
-# (parity tests keep their tolerances, runs compared bit for bit compile alike).
-# `LLMOS_TEST_XLA_OPTIMIZE=1` keeps XLA's default optimisation.
-_FAST_COMPILE_FLAGS = ("" if os.environ.get("LLMOS_TEST_XLA_OPTIMIZE") == "1" else
-                       " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    + _FAST_COMPILE_FLAGS
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

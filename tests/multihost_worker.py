@@ -11,7 +11,6 @@ reading the split with seqio, on 4 of its 8 devices: the single-host reference.
 
 import json
 import os
-import re
 import sys
 
 TASK, BATCH_SIZE, SEQUENCE_LENGTH, STEPS = "multihost_text", 8, 16, 3
@@ -80,11 +79,7 @@ def train_losses(data, devices=None) -> list[float]:
 def main() -> None:
     process_id, num_processes, port, snapshot_dir, out_path = sys.argv[1:6]
     process_id, num_processes = int(process_id), int(num_processes)
-    # The test's XLA flags (its compile options) less its device count, which is set here.
-    inherited = re.sub(r"--xla_force_host_platform_device_count=\S*", "",
-                       os.environ.get("XLA_FLAGS", ""))
-    os.environ["XLA_FLAGS"] = (
-        f"{inherited} --xla_force_host_platform_device_count={4 // num_processes}").strip()
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // num_processes}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 

@@ -28,7 +28,9 @@ def _free_port() -> int:
 
 
 def _env():
-    return dict(os.environ)  # The worker replaces XLA_FLAGS' device count with its own.
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the worker sets its own device count
+    return env
 
 
 @pytest.fixture(scope="module")
