@@ -31,12 +31,7 @@ from llmos_jax.errors import UserError
 # Modules whose import registers the gin configurables a training run uses.
 # The one list of them: add a module here when it defines new configurables.
 CONFIGURABLE_MODULES: tuple[str, ...] = (
-    "llmos_jax.data.catalog",
-    "llmos_jax.data.providers",
-    "llmos_jax.data.text_tasks",
-    "llmos_jax.data.example_batches",
-    "llmos_jax.data.hf_tokenizer_vocab",
-    "llmos_jax.data.few_shot",
+    *tensorflow_host.SEQIO_CONFIGURABLE_MODULES,  # the data modules (listed once, there)
     "llmos_jax.training.schedules",
     "llmos_jax.training.trainer",
     "llmos_jax.training.fault_injection",
