@@ -73,12 +73,12 @@ def server(tmp_path_factory):
     server.kill()
 
 
-def _train(model_dir, corpus, server, home, steps):
+def _train(model_dir, corpus, server, home, steps, *extra):
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": server.url, "LLMOS_HOME": str(home)}
     argv = [sys.executable, "-m", "llmos_jax", "train", *SHORT_RUN, f"--model_dir={model_dir}",
             f"--gin.register_text_file_task.path={str(corpus)!r}", f"--gin.train.num_steps={steps}",
             "--gin.train.log_every=1", "--gin.train.checkpoint_every=4",
-            f"--gin.train.eval_every={steps}", "--track"]
+            f"--gin.train.eval_every={steps}", "--track", *extra]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -96,7 +96,12 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_
     monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))  # the download cache
     corpus = write_corpus(tmp_path / "corpus.txt")
     model_dir = tmp_path / "run"
-    child = _train(model_dir, corpus, server, tmp_path / "home", steps=16)
+    # The loop stalls after step 3 until the server is dead, so the kill lands mid-run
+    # however fast training is next to the sender.
+    release = tmp_path / "server_killed"
+    child = _train(model_dir, corpus, server, tmp_path / "home", 16,
+                   "--gin.train.hooks=[@SleepAtStep()]", "--gin.SleepAtStep.step=3",
+                   "--gin.SleepAtStep.seconds=300", f"--gin.SleepAtStep.release_file={str(release)!r}")
     deadline = time.monotonic() + 300
     while _sent_lines(model_dir) < 2:  # The server has taken some steps' metrics.
         assert child.poll() is None, child.communicate()
@@ -104,6 +109,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_
         time.sleep(0.1)
     server.kill()
     killed_at = time.time()
+    release.touch()
     _, stderr = child.communicate(timeout=300)
     exited_at = time.time()
     assert child.returncode == 0, stderr[-3000:]

@@ -16,6 +16,7 @@ Bind them like any configurable, e.g.::
 
 from __future__ import annotations
 
+import pathlib
 import time
 
 import gin
@@ -47,15 +48,26 @@ def learning_rate_fault(schedule: optax.Schedule | float, *, at_step: int, num_s
 
 @gin.configurable
 class SleepAtStep:
-    """Blocks the training loop for `seconds` after step `step` (`train.hooks`)."""
+    """Blocks the training loop for `seconds` after step `step` (`train.hooks`).
 
-    def __init__(self, step: int, seconds: float):
+    With `release_file`, the stall ends as soon as that file exists (at most
+    `seconds` later): a test can then act at a known step, e.g. kill a server
+    mid-run, and let training go on.
+    """
+
+    def __init__(self, step: int, seconds: float, release_file: str | None = None):
         self.schedule = Schedule(every=1, at_last=False)
         self.step, self.seconds = step, seconds
+        self.release_file = pathlib.Path(release_file) if release_file else None
 
     def on_step(self, context: StepContext) -> None:
-        if context.step == self.step:
-            time.sleep(self.seconds)
+        if context.step != self.step:
+            return
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            if self.release_file is not None and self.release_file.exists():
+                return
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
     def on_end(self, context: StepContext) -> None:
         pass
