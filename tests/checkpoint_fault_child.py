@@ -5,7 +5,7 @@
 - `pause STAGE`: saves step 10 (keep=1), then pauses the async save of step 20
   at save stage STAGE (`Checkpointer` stages), writes `MODEL_DIR/paused` and
   sleeps until the test SIGKILLs it;
-- `train-pause STAGE GIN_FILE CORPUS`: the same inside a real training run of
+- `train-pause STAGE GIN_FILE DATA_BINDING`: the same inside a real training run of
   GIN_FILE (checkpoints at 10, 20, 30): `train` pauses at STAGE of step 20;
 - `permission`: drops root privileges (to `nobody`; CI runs as root, where
   file modes stop nothing), saves step 10, loses write access to
@@ -48,13 +48,13 @@ def pause(model_dir: pathlib.Path, stage: str) -> None:
     checkpointer.wait()
 
 
-def train_pause(model_dir: pathlib.Path, stage: str, gin_file: str, corpus: str) -> None:
+def train_pause(model_dir: pathlib.Path, stage: str, gin_file: str, data_binding: str) -> None:
     import gin
 
     from llmos_jax.cli.gin_config import parse_gin
     from llmos_jax.training import trainer
 
-    parse_gin([gin_file], [f"register_text_file_task.path = {corpus!r}"])
+    parse_gin([gin_file], [data_binding])
     trainer.train(model_dir=str(model_dir), on_save_stage=_pause_at(stage, 20, model_dir))
     gin.clear_config()
 

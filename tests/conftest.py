@@ -77,6 +77,16 @@ def repo_root() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_text(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    """tiny_snapshot's default corpus and its split snapshot (once per test process)."""
+    from tiny_snapshot import make_tiny_snapshot, write_corpus
+
+    root = tmp_path_factory.mktemp("tiny_text")
+    corpus = write_corpus(root / "corpus.txt")
+    return corpus, make_tiny_snapshot(corpus, root / "snapshot")
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> pathlib.Path:
     """The shared data folder beside the checkout (`LLMOS_DATA_DIR` overrides)."""
     path = pathlib.Path(os.environ.get("LLMOS_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))

@@ -12,9 +12,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_GIN = str(REPO_ROOT / "tests" / "gin" / "tiny_train.gin")
 TASK = "registry_text"
 # Six steps, one eval and one checkpoint at the end: the least a registered run needs.
-SHORT_RUN = (f"--gin_file={TINY_GIN}", "--gin.train.num_steps=6", "--gin.train.eval_every=6",
-             "--gin.train.checkpoint_every=6", "--gin.train.log_every=2",
-             "--gin.train.sample_new_tokens=4", f"--gin.register_text_file_task.name={TASK!r}",
+SHORT_STEPS = ("--gin.train.num_steps=6", "--gin.train.eval_every=6",
+               "--gin.train.checkpoint_every=6", "--gin.train.log_every=2",
+               "--gin.train.sample_new_tokens=4")
+SHORT_RUN = (f"--gin_file={TINY_GIN}", *SHORT_STEPS, f"--gin.register_text_file_task.name={TASK!r}",
              "--gin.register_lm_task.metric_fns=[@perplexity]")
 
 

@@ -36,7 +36,6 @@ import pytest
 from checkpoint_fault_child import NOBODY, PAUSED_FILENAME
 from checkpoint_fault_helpers import (FILE_KINDS, assert_states_equal, damage, data_file,
                                       host_state, snapshot)
-from test_e2e_resume import write_corpus
 
 from llmos_jax.checkpoints.checkpointer import Checkpointer
 from llmos_jax.checkpoints.fallback import restore_newest
@@ -48,7 +47,8 @@ from llmos_jax.monitoring.metrics_history import read_metrics
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHILD = REPO_ROOT / "tests" / "checkpoint_fault_child.py"
 TIMEOUT_S = 240
-RUN_GIN = (REPO_ROOT / "tests" / "gin" / "tiny_train.gin").read_text() + """
+# tiny_run.gin on the tiny text's split snapshot (tests/tiny_snapshot.py): no TensorFlow.
+RUN_GIN = (REPO_ROOT / "tests" / "gin" / "tiny_run.gin").read_text() + """
 train.num_steps = 30
 train.checkpoint_every = 10
 train.keep_checkpoints = 10
@@ -68,20 +68,21 @@ def child_env(compilation_cache: bool = True) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+def files(tmp_path_factory, tiny_text) -> tuple[pathlib.Path, str]:
+    """The run's gin file and the binding that points it at its data."""
     root = tmp_path_factory.mktemp("fault_runs")
     gin_file = root / "run.gin"
     gin_file.write_text(RUN_GIN)
-    return gin_file, write_corpus(root / "corpus.txt")
+    return gin_file, f"LMBatches.snapshot_dir = {str(tiny_text[1])!r}"
 
 
 def train_in_process(model_dir: pathlib.Path, files, **kwargs):
     from llmos_jax.training import trainer
 
-    gin_file, corpus = files
+    gin_file, data_binding = files
     gin.clear_config()
     try:
-        parse_gin([str(gin_file)], [f"register_text_file_task.path = {str(corpus)!r}"])
+        parse_gin([str(gin_file)], [data_binding])
         return trainer.train(model_dir=str(model_dir), **kwargs)
     finally:
         gin.clear_config()
@@ -247,7 +248,7 @@ def training_children(reference, files, tmp_path_factory):
     - "full_disk": `llmos train` resuming a copy of the reference cut back to
       step 10, under RLIMIT_FSIZE, up to step 20.
     """
-    gin_file, corpus = files
+    gin_file, data_binding = files
     killed = tmp_path_factory.mktemp("killed") / "run"
     killed.mkdir()
     full_disk = pathlib.Path(shutil.copytree(reference[0],
@@ -260,13 +261,13 @@ def training_children(reference, files, tmp_path_factory):
     children = {
         "killed": (subprocess.Popen(
             [sys.executable, str(CHILD), "train-pause", str(killed), "written", str(gin_file),
-             str(corpus)], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+             data_binding], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True), killed),
         "full_disk": (subprocess.Popen(
             with_file_size_limit(FILE_SIZE_LIMIT, [
                 sys.executable, "-m", "llmos_jax", "train", f"--gin_file={gin_file}",
                 f"--model_dir={full_disk}",
-                f"--gin.register_text_file_task.path={str(corpus)!r}",
+                f"--gin.{data_binding.replace(' = ', '=')}",
                 "--gin.train.num_steps=20"]),
             cwd=REPO_ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True), full_disk, step10),

@@ -141,17 +141,47 @@ def test_sentencepiece_snapshot_batches_and_vocabulary_equal_seqio(tmp_path):
     assert describe_vocabulary(table) == describe_vocabulary(vocabulary)
 
 
-def test_byte_vocabularies_cannot_be_snapshotted(tmp_path):
+def test_byte_snapshot_batches_and_vocabulary_equal_seqio(tmp_path):
+    import seqio
+
     from llmos_jax.data import text_tasks
+    from llmos_jax.data.vocabulary_tables import ByteTable
 
     corpus = tmp_path / "bytes.txt"
-    corpus.write_text("some bytes\n\nmore bytes\n")
+    corpus.write_text("Some bytes, é and 字.\n\nMore bytes " * 8 + "\n\nthe end\n")
     byte_task = text_tasks.register_text_file_task(f"snapshot_bytes_{uuid.uuid4().hex[:8]}",
-                                                   corpus, validation_fraction=0.0)
-    batches = LMBatches(byte_task, "train", LENGTH, 2, process_index=0, process_count=1)
-    with pytest.raises(UserError, match="uses ByteVocabulary; split snapshots support character "
-                                        "vocabularies and SentencePiece"):
-        batches.save_snapshot(str(tmp_path / "snap"))
+                                                   corpus, validation_fraction=0.2)
+    for split in ("train", "validation"):
+        LMBatches(byte_task, split, LENGTH, 2, process_index=0,
+                  process_count=1).save_snapshot(str(tmp_path / "snap"))
+    from_seqio = LMBatches(byte_task, "train", LENGTH, 2, process_index=0, process_count=1)
+    from_snapshot = LMBatches(byte_task, "train", LENGTH, 2, process_index=0, process_count=1,
+                              snapshot_dir=str(tmp_path / "snap"))
+    for step in (0, 3):
+        for key, expected in from_seqio.batch_at(step).items():
+            np.testing.assert_array_equal(from_snapshot.batch_at(step)[key], expected)
+
+    table, vocabulary = from_snapshot.vocabulary, seqio.ByteVocabulary()
+    assert isinstance(table, ByteTable)
+    assert table.encode("é字 x") == vocabulary.encode("é字 x")
+    # Specials dropped, an id past the vocabulary is UNK (dropped), the half of a cut
+    # multi-byte character is skipped, and decoding stops at EOS.
+    ids = [0, *table.encode("ab"), 900, 2, table.encode("é")[0], *table.encode("c"), 1,
+           *table.encode("never")]
+    assert table.decode(ids) == vocabulary.decode(ids) == "abc"
+    assert (table.eos_id, table.unk_id, table.vocab_size) == (
+        vocabulary.eos_id, vocabulary.unk_id, vocabulary.vocab_size)
+    assert describe_vocabulary(table) == describe_vocabulary(vocabulary)
+
+
+def test_byte_vocabularies_with_extra_ids_cannot_be_snapshotted(tmp_path):
+    import seqio
+
+    from llmos_jax.data.vocabulary_tables import table_of
+
+    with pytest.raises(UserError, match="uses ByteVocabulary with extra ids; split snapshots "
+                                        "support character, byte and SentencePiece"):
+        table_of(seqio.ByteVocabulary(extra_ids=3), "span_corruption")
 
 
 def test_llmos_train_runs_from_a_snapshot_without_seqio_or_tensorflow(snapshot_dir, task_name,

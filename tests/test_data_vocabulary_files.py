@@ -11,7 +11,7 @@ from llmos_jax.data.char_vocabulary import CharacterVocabulary
 from llmos_jax.data.sentencepiece_vocab import train_sentencepiece
 from llmos_jax.data.vocabulary_files import (MANIFEST_KEY, TaskVocabularies, describe_vocabulary,
                                              read_vocabularies, vocabulary_files)
-from llmos_jax.data.vocabulary_tables import CharacterTable, SentencePieceTable
+from llmos_jax.data.vocabulary_tables import ByteTable, CharacterTable, SentencePieceTable
 from llmos_jax.data.wordpiece_vocab import WordPieceVocabulary
 from llmos_jax.errors import UserError
 
@@ -38,6 +38,7 @@ def wordpiece_file(tmp_path_factory):
 def _kinds(sentencepiece_model, wordpiece_file):
     return {
         "bytes": seqio.ByteVocabulary(extra_ids=3),
+        "byte table": ByteTable(),
         "characters": CharacterVocabulary.from_texts([TEXT]),
         "character table": CharacterTable("".join(sorted(set(TEXT)))),
         "sentencepiece with extra ids": seqio.SentencePieceVocabulary(str(sentencepiece_model),

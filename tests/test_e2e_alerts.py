@@ -36,8 +36,8 @@ from selenium.webdriver.common.by import By
 
 from llmos_jax.serving.server import free_port
 from test_serving_playground import _browser as browser
-from test_e2e_train_cli import (checkpoint_steps, llmos_train_argv, read_metrics,
-                                subprocess_env, write_corpus)
+from test_e2e_train_cli import checkpoint_steps, read_metrics, subprocess_env
+from tiny_snapshot import snapshot_train_argv
 
 TIMEOUT_S = 300
 QUICK = ("--gin.train.num_steps=30", "--gin.train.eval_every=0", "--gin.train.export=False",
@@ -99,17 +99,17 @@ def read_alert_lines(model_dir):
 
 
 @pytest.fixture(scope="module")
-def fault_runs(tmp_path_factory):
+def fault_runs(tmp_path_factory, tiny_text):
     """Runs the three faulty trainings together; returns what each left behind."""
     tmp_path = tmp_path_factory.mktemp("faults")
-    corpus = write_corpus(tmp_path / "corpus.txt")
+    snapshot = tiny_text[1]  # The tiny text's split snapshot: no run imports TensorFlow.
     spike_server, spike_url, spike_bodies = start_receiver()
     hang_server, hang_url, _ = start_receiver(hang_seconds=60)
     port = free_port()
     runs = {
         # A gentler peak rate than the tiny config's keeps the healthy steps smooth.
-        "spike": llmos_train_argv(
-            tmp_path / "spike", corpus, *QUICK, *LR_FAULT,
+        "spike": snapshot_train_argv(
+            tmp_path / "spike", snapshot, *QUICK, *LR_FAULT,
             "--gin.warmup_then_decay.peak_learning_rate=3e-3",
             "--gin.learning_rate_fault.at_step=14", "--gin.learning_rate_fault.multiply=1000.0",
             *(f"--gin.{rule}.{setting}" for rule in ("LossSpike", "GradNormSpike")
@@ -117,13 +117,13 @@ def fault_runs(tmp_path_factory):
                               "actions=['log', 'file', 'webhook', 'skip_update', 'stop']")),
             f"--gin.Alerting.webhook_url='{spike_url}'", "--gin.Alerting.webhook_format='json'",
             f"--metrics_port={port}", "--log_format=json"),
-        "nan": llmos_train_argv(
-            tmp_path / "nan", corpus, *QUICK, *LR_FAULT, "--gin.learning_rate_fault.at_step=12",
+        "nan": snapshot_train_argv(
+            tmp_path / "nan", snapshot, *QUICK, *LR_FAULT, "--gin.learning_rate_fault.at_step=12",
             "--gin.learning_rate_fault.nan=True", f"--gin.Alerting.webhook_url='{hang_url}'",
             "--gin.Alerting.webhook_timeout_s=1.0"),
-        "stall": llmos_train_argv(
+        "stall": snapshot_train_argv(
             # No checkpoint before the stall: a save on a busy machine can take seconds.
-            tmp_path / "stall", corpus, *QUICK, "--gin.train.checkpoint_every=100",
+            tmp_path / "stall", snapshot, *QUICK, "--gin.train.checkpoint_every=100",
             "--gin.train.hooks=[@SleepAtStep()]",
             "--gin.SleepAtStep.step=12", "--gin.SleepAtStep.seconds=20.0",
             "--gin.StallWatchdog.min_seconds=8.0", "--gin.StallWatchdog.min_history=5",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-import random
 import re
 import shutil
 import subprocess
@@ -28,26 +27,13 @@ import gin
 import jax
 import numpy as np
 import pytest
+from tiny_snapshot import snapshot_args
 
 from llmos_jax.cli import main as cli
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_GIN = "tests/gin/tiny_train.gin"
 TIMEOUT_S = 300
-
-
-def write_corpus(path: pathlib.Path, paragraphs: int = 60, seed: int = 0) -> pathlib.Path:
-    """A few KB of repetitive, learnable English-like text, in blank-line paragraphs."""
-    rng = random.Random(seed)
-    words = ("the cat sat on a mat and the dog ran to the red barn while birds sang in "
-             "old green trees").split()
-    paras = []
-    for _ in range(paragraphs):
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 10))).capitalize() + "."
-                 for _ in range(4)]
-        paras.append("\n".join(lines))
-    path.write_text("\n\n".join(paras) + "\n", encoding="utf-8")
-    return path
 
 
 def snapshot(root: pathlib.Path) -> dict[str, tuple]:
@@ -73,27 +59,28 @@ def the_error(code: int, stderr: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """A corpus and a model_dir holding a finished 5-step checkpoint, trained in-process."""
+def setup(tmp_path_factory, tiny_text):
+    """The tiny text, its split snapshot, and a model_dir holding a finished 5-step
+    checkpoint, trained in-process. Runs read the snapshot (no TensorFlow in the
+    subprocesses) except where the text file itself is the subject."""
     root = tmp_path_factory.mktemp("e2e_bad_input")
-    corpus = write_corpus(root / "corpus.txt")
+    corpus, split_data = tiny_text
     trained = root / "trained"
     gin.clear_config()
     try:
-        code = cli.main(["train", f"--gin_file={REPO_ROOT / TINY_GIN}", f"--model_dir={trained}",
-                         f"--gin.register_text_file_task.path={str(corpus)!r}",
+        code = cli.main(["train", *snapshot_args(split_data), f"--model_dir={trained}",
                          "--gin.train.num_steps=5", "--gin.train.eval_every=0"])
     finally:
         gin.clear_config()
     assert code == 0
     assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == ["5"]
-    return root, corpus, trained
+    return corpus, split_data, trained
 
 
 @pytest.fixture
 def model_dir(setup, tmp_path):
     """A private copy (mtimes kept) of the trained model_dir."""
-    _, _, trained = setup
+    trained = setup[2]
     copy = tmp_path / "model_dir"
     shutil.copytree(trained, copy)
     return copy
@@ -101,6 +88,11 @@ def model_dir(setup, tmp_path):
 
 @pytest.fixture
 def corpus(setup):
+    return setup[0]
+
+
+@pytest.fixture
+def split_data(setup):
     return setup[1]
 
 
@@ -134,9 +126,8 @@ def subprocess_llmos(*args: str, env: dict[str, str] | None = None) -> str:
     return the_error(proc.returncode, proc.stderr)
 
 
-def base_args(model_dir: pathlib.Path, corpus: pathlib.Path) -> list[str]:
-    return [f"--gin_file={TINY_GIN}", f"--model_dir={model_dir}",
-            f"--gin.register_text_file_task.path={str(corpus)!r}"]
+def base_args(model_dir: pathlib.Path, split_data: pathlib.Path) -> list[str]:
+    return [*snapshot_args(split_data), f"--model_dir={model_dir}"]
 
 
 # --- Mistakes in the config itself: caught before anything is built. ---------
@@ -147,22 +138,22 @@ def test_unknown_gin_file_suggests_the_close_match(model_dir, corpus):
     message = subprocess_llmos("--gin_file=tests/gin/tiny_trian.gin", f"--model_dir={model_dir}",
                                f"--gin.register_text_file_task.path={str(corpus)!r}")
     assert "gin file 'tests/gin/tiny_trian.gin' not found" in message, message
-    assert "Did you mean 'tests/gin/tiny_train.gin'?" in message, message
+    assert "Did you mean 'tests/gin/tiny_train.gin'" in message, message  # the closest first
     assert snapshot(model_dir) == before
 
 
-def test_unknown_configurable_in_gin_flag_suggests_the_close_match(llmos, model_dir, corpus):
+def test_unknown_configurable_in_gin_flag_suggests_the_close_match(llmos, model_dir, split_data):
     before = snapshot(model_dir)
-    message = llmos(*base_args(model_dir, corpus), "--gin.TransformerConfg.embed_dim=48")
+    message = llmos(*base_args(model_dir, split_data), "--gin.TransformerConfg.embed_dim=48")
     assert "unknown gin configurable 'TransformerConfg'" in message, message
     assert "--gin.TransformerConfg.embed_dim" in message, message
     assert "Did you mean 'TransformerConfig'?" in message, message
     assert snapshot(model_dir) == before
 
 
-def test_unknown_parameter_suggests_the_close_match(llmos, model_dir, corpus):
+def test_unknown_parameter_suggests_the_close_match(llmos, model_dir, split_data):
     before = snapshot(model_dir)
-    message = llmos(*base_args(model_dir, corpus), "--gin.train.num_step=7")
+    message = llmos(*base_args(model_dir, split_data), "--gin.train.num_step=7")
     assert "train has no parameter 'num_step'" in message, message
     assert "--gin.train.num_step" in message, message
     assert "Did you mean 'num_steps'?" in message, message
@@ -175,35 +166,37 @@ def test_unknown_parameter_suggests_the_close_match(llmos, model_dir, corpus):
 def test_missing_data_file_is_named(llmos, model_dir, tmp_path):
     missing = tmp_path / "no_such_corpus.txt"
     before = snapshot(model_dir)
-    message = llmos(*base_args(model_dir, missing))
+    message = llmos(f"--gin_file={TINY_GIN}", f"--model_dir={model_dir}",
+                    f"--gin.register_text_file_task.path={str(missing)!r}")
     assert str(missing) in message, message
     assert "does not exist" in message and "register_text_file_task.path" in message, message
     assert snapshot(model_dir) == before
 
 
-def test_mesh_that_does_not_fit_the_devices(model_dir, corpus):
+def test_mesh_that_does_not_fit_the_devices(model_dir, split_data):
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"  # Explicit, not inherited.
     env["JAX_PLATFORMS"] = "cpu"
     before = snapshot(model_dir)
-    message = subprocess_llmos(*base_args(model_dir, corpus), "--gin.MeshConfig.data=3", env=env)
+    message = subprocess_llmos(*base_args(model_dir, split_data), "--gin.MeshConfig.data=3",
+                               env=env)
     assert "MeshConfig(data=3, fsdp=-1, tensor=1)" in message, message
     assert "8 devices" in message, message
     assert snapshot(model_dir) == before
 
 
-def test_global_batch_not_divisible_by_data_parallel_size(llmos, model_dir, corpus):
+def test_global_batch_not_divisible_by_data_parallel_size(llmos, model_dir, split_data):
     assert jax.device_count() == 8
     before = snapshot(model_dir)
-    message = llmos(*base_args(model_dir, corpus), "--gin.train.global_batch_size=12")
+    message = llmos(*base_args(model_dir, split_data), "--gin.train.global_batch_size=12")
     assert "train.global_batch_size=12" in message, message
     assert "data-parallel size 8" in message and "multiple of 8" in message, message
     assert snapshot(model_dir) == before
 
 
-def test_restore_into_a_model_of_another_shape_names_the_parameter(llmos, model_dir, corpus):
+def test_restore_into_a_model_of_another_shape_names_the_parameter(llmos, model_dir, split_data):
     before = snapshot(model_dir)
-    message = llmos(*base_args(model_dir, corpus), "--gin.TransformerConfig.embed_dim=48")
+    message = llmos(*base_args(model_dir, split_data), "--gin.TransformerConfig.embed_dim=48")
     match = re.search(r"parameter '([^']+)' has shape \(([^)]*)\) in the checkpoint but "
                       r"\(([^)]*)\) in the model", message)
     assert match, message
@@ -220,11 +213,11 @@ def test_restore_into_a_model_of_another_shape_names_the_parameter(llmos, model_
     assert saved_shapes[name] == tuple(int(d) for d in re.findall(r"\d+", saved))
 
 
-def test_model_dir_that_cannot_be_created_is_named(llmos, tmp_path, corpus):
+def test_model_dir_that_cannot_be_created_is_named(llmos, tmp_path, split_data):
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
     model_dir = a_file / "run"
-    message = llmos(*base_args(model_dir, corpus))
+    message = llmos(*base_args(model_dir, split_data))
     assert f"model_dir '{model_dir}' is not writable" in message, message
     assert "--model_dir" in message, message
     assert a_file.read_text() == "not a folder"
@@ -233,10 +226,10 @@ def test_model_dir_that_cannot_be_created_is_named(llmos, tmp_path, corpus):
 # --- Divergence: found after training resumed; the good checkpoint is kept. ---
 
 
-def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(model_dir, corpus):
+def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(model_dir, split_data):
     checkpoints = model_dir / "checkpoints"
     before = snapshot(checkpoints)
-    message = subprocess_llmos(*base_args(model_dir, corpus), "--gin.train.num_steps=20",
+    message = subprocess_llmos(*base_args(model_dir, split_data), "--gin.train.num_steps=20",
                                "--gin.warmup_then_decay.peak_learning_rate=1e30")
     match = re.search(r"training diverged at step (\d+): (loss|grad_norm|param_norm) became "
                       r"(nan|inf|-inf)", message)
@@ -254,11 +247,11 @@ def test_nan_loss_names_the_step_and_keeps_the_last_good_checkpoint(model_dir, c
 
 
 def test_divergence_never_saves_blown_up_parameters_as_a_good_checkpoint(llmos, model_dir,
-                                                                         corpus):
+                                                                         split_data):
     import orbax.checkpoint as ocp
 
     checkpoints = model_dir / "checkpoints"
-    message = llmos(*base_args(model_dir, corpus), "--gin.train.num_steps=20",
+    message = llmos(*base_args(model_dir, split_data), "--gin.train.num_steps=20",
                     "--gin.train.checkpoint_every=1", "--gin.train.eval_every=0",
                     "--gin.warmup_then_decay.peak_learning_rate=1e30")
     kept = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())

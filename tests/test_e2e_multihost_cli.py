@@ -1,7 +1,8 @@
 """Multi-host training through the CLI: `llmos launch --local=2 -- train ...`.
 
 Two local processes with 4 simulated CPU devices each train on a mesh that
-spans both (fsdp=8, tests/gin/tiny_train.gin), each reading only its half of
+spans both (fsdp=8, tests/gin/tiny_run.gin on the tiny text's split snapshot,
+tests/tiny_snapshot.py), each reading only its half of
 every batch and joining through `--coordinator_address`, as two hosts would.
 They must match one process with all 8 devices: the same losses and the same
 checkpoint (to float rounding: the cross-process all-reduce may add in another
@@ -25,21 +26,21 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_e2e_train_cli import REPO_ROOT, TINY_GIN, subprocess_env, write_corpus
+from test_e2e_train_cli import REPO_ROOT, subprocess_env
+from tiny_snapshot import snapshot_args
 
 TIMEOUT_S = 300
 RUN = ("--gin.train.num_steps=4", "--gin.train.checkpoint_every=2", "--gin.train.eval_every=0")
 NO_SAMPLES = "--gin.train.sample_prompts=[]"
 
 
-def train_args(model_dir: pathlib.Path, corpus: pathlib.Path, *extra: str) -> list[str]:
-    return ["train", f"--gin_file={TINY_GIN}", f"--model_dir={model_dir}",
-            f"--gin.register_text_file_task.path={str(corpus)!r}", *RUN, *extra]
+def train_args(model_dir: pathlib.Path, snapshot: pathlib.Path, *extra: str) -> list[str]:
+    return ["train", *snapshot_args(snapshot), f"--model_dir={model_dir}", *RUN, *extra]
 
 
-def launch_argv(model_dir, corpus, *extra) -> list[str]:
+def launch_argv(model_dir, snapshot, *extra) -> list[str]:
     return [sys.executable, "-m", "llmos_jax", "launch", "--local=2", "--local_cpu_devices=4",
-            "--", *train_args(model_dir, corpus, *extra)]
+            "--", *train_args(model_dir, snapshot, *extra)]
 
 
 def start(argv: list[str], log: pathlib.Path) -> subprocess.Popen:
@@ -86,18 +87,18 @@ def checkpoint_steps(model_dir: pathlib.Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[pathlib.Path, str]]:
+def runs(tmp_path_factory, tiny_text) -> dict[str, tuple[pathlib.Path, str]]:
     root = tmp_path_factory.mktemp("multihost_cli")
-    corpus = write_corpus(root / "corpus.txt")
+    snapshot = tiny_text[1]  # No process imports TensorFlow.
     one, two, resumed = root / "one_process", root / "two_processes", root / "resumed"
-    one_proc = start([sys.executable, "-m", "llmos_jax", *train_args(one, corpus, NO_SAMPLES)],
+    one_proc = start([sys.executable, "-m", "llmos_jax", *train_args(one, snapshot, NO_SAMPLES)],
                      root / "one.log")
-    two_proc = start(launch_argv(two, corpus), root / "two.log")
+    two_proc = start(launch_argv(two, snapshot), root / "two.log")
     outputs = {"one": finish(one_proc, root / "one.log"),
                "two": finish(two_proc, root / "two.log")}
     # The two-process run as if stopped right after its step-2 checkpoint.
     shutil.copytree(two / "checkpoints" / "2", resumed / "checkpoints" / "2")
-    outputs["resumed"] = finish(start(launch_argv(resumed, corpus, NO_SAMPLES),
+    outputs["resumed"] = finish(start(launch_argv(resumed, snapshot, NO_SAMPLES),
                                       root / "resumed.log"), root / "resumed.log")
     return {"one": (one, outputs["one"]), "two": (two, outputs["two"]),
             "resumed": (resumed, outputs["resumed"])}

@@ -1,8 +1,8 @@
 """Preemption end to end: SIGKILL and SIGTERM mid-run, then resume to the same losses.
 
 Three `python -m llmos_jax train` subprocesses run the same command
-(tests/gin/tiny_train.gin, 30 steps, a checkpoint every 10, async checkpoints,
-dropout on): an uninterrupted reference, one SIGKILLed and one SIGTERMed once a
+(tests/gin/tiny_run.gin on the tiny text's split snapshot, 30 steps, a
+checkpoint every 10, async checkpoints, dropout on): an uninterrupted reference, one SIGKILLed and one SIGTERMed once a
 checkpoint (step 10 or 20) is finished on disk and the run has logged past it.
 Rerunning the same command must resume from the latest checkpoint and
 reproduce the reference's train losses bit for bit, which needs the data
@@ -25,16 +25,14 @@ import json
 import math
 import os
 import pathlib
-import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
+from tiny_snapshot import TINY_RUN_GIN, snapshot_train_argv
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY_GIN = "tests/gin/tiny_train.gin"
 TIMEOUT_S = 300
 NUM_STEPS = 30
 CHECKPOINT_EVERY = 10
@@ -48,20 +46,6 @@ RUN_OVERRIDES = (
     "--gin.train.global_batch_size=64",
     "--gin.TransformerConfig.embed_dim=64",
 )
-
-
-def write_corpus(path: pathlib.Path, paragraphs: int = 60, seed: int = 0) -> pathlib.Path:
-    """A few KB of repetitive, learnable English-like text, in blank-line paragraphs."""
-    rng = random.Random(seed)
-    words = ("the cat sat on a mat and the dog ran to the red barn while birds sang in "
-             "old green trees").split()
-    paras = []
-    for _ in range(paragraphs):
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 10))).capitalize() + "."
-                 for _ in range(4)]
-        paras.append("\n".join(lines))
-    path.write_text("\n\n".join(paras) + "\n", encoding="utf-8")
-    return path
 
 
 def subprocess_env() -> dict[str, str]:
@@ -176,18 +160,16 @@ def send_after_checkpoint(runs: dict[Run, int]) -> None:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> pathlib.Path:
-    return write_corpus(tmp_path_factory.mktemp("e2e_resume_corpus") / "corpus.txt")
+def snapshot(tiny_text) -> pathlib.Path:
+    return tiny_text[1]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, corpus):
+def runs(tmp_path_factory, snapshot):
     root = tmp_path_factory.mktemp("e2e_resume")
 
     def argv(model_dir):
-        return [sys.executable, "-m", "llmos_jax", "train", f"--gin_file={TINY_GIN}",
-                f"--model_dir={model_dir}",
-                f"--gin.register_text_file_task.path={str(corpus)!r}", *RUN_OVERRIDES]
+        return snapshot_train_argv(model_dir, snapshot, *RUN_OVERRIDES)
 
     result = {"reference": Run(argv(root / "reference"), root / "reference", "reference")}
     try:
@@ -299,7 +281,7 @@ def test_rerun_after_sigterm_continues_from_the_saved_step(runs, reference):
 # run to match; evaluation and export, which change no training number, are left out.
 
 
-def train_in_process(model_dir: pathlib.Path, corpus: pathlib.Path, *bindings: str):
+def train_in_process(model_dir: pathlib.Path, snapshot: pathlib.Path, *bindings: str):
     import gin
 
     from llmos_jax.cli.gin_config import parse_gin
@@ -308,8 +290,8 @@ def train_in_process(model_dir: pathlib.Path, corpus: pathlib.Path, *bindings: s
     run_bindings = [flag.removeprefix("--gin.").replace("=", " = ", 1) for flag in RUN_OVERRIDES]
     gin.clear_config()
     try:
-        parse_gin([str(REPO_ROOT / TINY_GIN)],
-                  [f"register_text_file_task.path = {str(corpus)!r}", *run_bindings,
+        parse_gin([str(TINY_RUN_GIN)],
+                  [f"LMBatches.snapshot_dir = {str(snapshot)!r}", *run_bindings,
                    "train.checkpoint_every = 5", "train.eval_every = 0", "train.export = False",
                    *bindings])
         return trainer.train(model_dir=str(model_dir))
@@ -317,19 +299,19 @@ def train_in_process(model_dir: pathlib.Path, corpus: pathlib.Path, *bindings: s
         gin.clear_config()
 
 
-def test_stop_after_steps_then_rerun_matches_an_uninterrupted_run(tmp_path, corpus, reference):
+def test_stop_after_steps_then_rerun_matches_an_uninterrupted_run(tmp_path, snapshot, reference):
     straight_losses = train_losses(read_metrics(reference.model_dir))
     straight_samples = [r["samples"] for r in read_metrics(reference.model_dir)
                         if r["split"] == "text"]
     assert len(straight_samples) == 1 and straight_samples[0].startswith("The ")
 
-    first = train_in_process(tmp_path / "split", corpus, "train.stop_after_steps = 16")
+    first = train_in_process(tmp_path / "split", snapshot, "train.stop_after_steps = 16")
     assert first.last_step == 16 and first.interrupted
     assert sorted(first.train_losses) == list(range(1, 17))
     assert first.samples == []  # Unfinished runs don't sample.
     # Stopping saves the current step.
     assert checkpoint_steps(tmp_path / "split") == [5, 10, 15, 16]
-    second = train_in_process(tmp_path / "split", corpus, "train.stop_after_steps = 16")
+    second = train_in_process(tmp_path / "split", snapshot, "train.stop_after_steps = 16")
     assert second.last_step == NUM_STEPS and not second.interrupted
     assert sorted(second.train_losses) == list(range(17, NUM_STEPS + 1))
     assert {s: straight_losses[s] for s in range(17, NUM_STEPS + 1)} == second.train_losses

@@ -15,13 +15,13 @@ import json
 import math
 import os
 import pathlib
-import random
 import re
 import struct
 import subprocess
 import sys
 
 import pytest
+from tiny_snapshot import write_corpus
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY_GIN = "tests/gin/tiny_train.gin"
@@ -30,20 +30,6 @@ TIMEOUT_S = 300
 TRAIN_KEYS = ("loss", "accuracy", "learning_rate", "grad_norm", "param_norm", "step_time",
               "tokens_per_second", "mfu")
 EVAL_KEYS = ("loss", "accuracy")
-
-
-def write_corpus(path: pathlib.Path, paragraphs: int = 60, seed: int = 0) -> pathlib.Path:
-    """A few KB of repetitive, learnable English-like text, in blank-line paragraphs."""
-    rng = random.Random(seed)
-    words = ("the cat sat on a mat and the dog ran to the red barn while birds sang in "
-             "old green trees").split()
-    paras = []
-    for _ in range(paragraphs):
-        lines = [" ".join(rng.choice(words) for _ in range(rng.randint(6, 10))).capitalize() + "."
-                 for _ in range(4)]
-        paras.append("\n".join(lines))
-    path.write_text("\n\n".join(paras) + "\n", encoding="utf-8")
-    return path
 
 
 def subprocess_env() -> dict[str, str]:

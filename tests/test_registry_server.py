@@ -21,8 +21,9 @@ import time
 import urllib.request
 
 import pytest
-from registry_helpers import SHORT_RUN
-from test_e2e_train_cli import checkpoint_steps, subprocess_env, write_corpus
+from registry_helpers import SHORT_STEPS
+from test_e2e_train_cli import checkpoint_steps, subprocess_env
+from tiny_snapshot import snapshot_train_argv
 
 from llmos_jax.registry.model_uri import ModelUri
 from llmos_jax.registry.store import open_store
@@ -73,12 +74,11 @@ def server(tmp_path_factory):
     server.kill()
 
 
-def _train(model_dir, corpus, server, home, steps, *extra):
+def _train(model_dir, snapshot, server, home, steps, *extra):
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": server.url, "LLMOS_HOME": str(home)}
-    argv = [sys.executable, "-m", "llmos_jax", "train", *SHORT_RUN, f"--model_dir={model_dir}",
-            f"--gin.register_text_file_task.path={str(corpus)!r}", f"--gin.train.num_steps={steps}",
-            "--gin.train.log_every=1", "--gin.train.checkpoint_every=4",
-            f"--gin.train.eval_every={steps}", "--track", *extra]
+    argv = snapshot_train_argv(model_dir, snapshot, *SHORT_STEPS, f"--gin.train.num_steps={steps}",
+                               "--gin.train.log_every=1", "--gin.train.checkpoint_every=4",
+                               f"--gin.train.eval_every={steps}", "--track", *extra)
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
@@ -92,14 +92,14 @@ def _sent_lines(model_dir: pathlib.Path) -> int:
 
 @pytest.mark.slow
 def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_path,
-                                                                    monkeypatch):
+                                                                    monkeypatch, tiny_text):
     monkeypatch.setenv("LLMOS_HOME", str(tmp_path / "home"))  # the download cache
-    corpus = write_corpus(tmp_path / "corpus.txt")
+    snapshot = tiny_text[1]  # The runs read a split snapshot: no TensorFlow.
     model_dir = tmp_path / "run"
     # The loop stalls after step 3 until the server is dead, so the kill lands mid-run
     # however fast training is next to the sender.
     release = tmp_path / "server_killed"
-    child = _train(model_dir, corpus, server, tmp_path / "home", 16,
+    child = _train(model_dir, snapshot, server, tmp_path / "home", 16,
                    "--gin.train.hooks=[@SleepAtStep()]", "--gin.SleepAtStep.step=3",
                    "--gin.SleepAtStep.seconds=300", f"--gin.SleepAtStep.release_file={str(release)!r}")
     deadline = time.monotonic() + 300
@@ -131,7 +131,7 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_
 
     run_id = json.loads((model_dir / "mlflow_run.json").read_text())["run_id"]
     server.start()  # Back, with the same database: the resumed run continues the same run.
-    child = _train(model_dir, corpus, server, tmp_path / "home", steps=20)
+    child = _train(model_dir, snapshot, server, tmp_path / "home", steps=20)
     _, stderr = child.communicate(timeout=300)
     assert child.returncode == 0, stderr[-3000:]
     assert json.loads((model_dir / "mlflow_run.json").read_text())["run_id"] == run_id

@@ -13,7 +13,7 @@ settings, so a snapshot made for another task, length or converter is refused
 by name instead of silently training on the wrong rows.
 
 The vocabulary travels as a seqio-free table (``vocabulary_tables``):
-character vocabularies and SentencePiece models without extra ids.
+character, byte and SentencePiece vocabularies without extra ids.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import numpy as np
 
 from llmos_jax.data.truncation import FeatureTruncation, TruncationReport
 from llmos_jax.data.vocabulary_tables import (
-    CharacterTable,
-    SentencePieceTable,
+    Table,
     table_from_record,
     table_of,
     table_record,
@@ -84,7 +83,7 @@ def _truncation_from(record: Mapping[str, Any]) -> TruncationReport:
 def read_split_snapshot(directory: str | pathlib.Path, split: str, *,
                         settings: Mapping[str, Any],
                         setting_name: str = "LMBatches.snapshot_dir"
-                        ) -> tuple[SplitArrays, CharacterTable | SentencePieceTable]:
+                        ) -> tuple[SplitArrays, Table]:
     """Loads one split written by :func:`write_split_snapshot` for the same ``settings``.
 
     Raises:

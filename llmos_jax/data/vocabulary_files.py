@@ -36,7 +36,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from llmos_jax.data.vocabulary_tables import CharacterTable, SentencePieceTable, parse_json
+from llmos_jax.data.vocabulary_tables import (ByteTable, CharacterTable, SentencePieceTable,
+                                              parse_json)
 from llmos_jax.data.wordpiece_tokenizer import WordPieceTokenizer
 from llmos_jax.errors import UserError
 
@@ -166,6 +167,8 @@ def _entry(vocabulary: Any, feature: str) -> tuple[dict[str, Any], bytes | None]
         return ({"kind": "sentencepiece", "file": f"{FOLDER}/{feature}.model",
                  "extra_ids": int(getattr(vocabulary, "extra_ids", 0) or 0),
                  "description": description}, bytes(model))
+    if isinstance(vocabulary, ByteTable):  # A byte-level split snapshot's (no seqio).
+        return {"kind": "bytes", "extra_ids": 0, "description": description}, None
     if seqio and isinstance(vocabulary, seqio.ByteVocabulary):
         return {"kind": "bytes", "extra_ids": int(vocabulary.extra_ids),
                 "description": description}, None

@@ -4,12 +4,14 @@ A host without TensorFlow that trains on a split snapshot
 (``LMBatches.snapshot_dir``) still has to encode prompts, decode samples and
 fingerprint the vocabulary exactly as the seqio vocabulary does, so that a
 checkpoint written there resumes and evaluates on a seqio host. These tables
-do that for the two kinds a snapshot can carry:
+do that for the three kinds a snapshot can carry:
 
 * :class:`CharacterTable`: the mapping inside ``CharacterVocabulary``, which
   delegates to it; the id layout is below.
 * :class:`SentencePieceTable`: a SentencePiece model's, behaving like
   ``seqio.SentencePieceVocabulary`` without extra ids.
+* :class:`ByteTable`: UTF-8 bytes, behaving like ``seqio.ByteVocabulary``
+  without extra ids (the byte-level text tasks' vocabulary).
 
 ``decode`` follows ``seqio.Vocabulary.decode``: ids past the vocabulary
 become UNK and decoding stops at the first EOS.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -200,35 +203,79 @@ class SentencePieceTable:
         return f"SentencePieceTable(vocab_size={self.vocab_size})"
 
 
-def table_of(vocabulary: Any, task_name: str) -> CharacterTable | SentencePieceTable:
+class ByteTable:
+    """UTF-8 bytes as ``seqio.ByteVocabulary`` (no extra ids) maps them: id = byte + 3.
+
+    Ids 0, 1 and 2 are padding, EOS and UNK; decoding drops them (and ids past
+    the 259), stops at the first EOS and skips invalid UTF-8, as seqio does.
+    ``describe()`` gives the record ``describe_vocabulary`` writes for
+    ``seqio.ByteVocabulary()``, so checkpoints stay interchangeable.
+    """
+
+    vocab_size = NUM_SPECIAL_IDS + 256
+    eos_id, unk_id, pad_id = EOS_ID, UNK_ID, PAD_ID
+
+    def encode(self, text: str) -> list[int]:
+        return [byte + NUM_SPECIAL_IDS for byte in text.encode("utf-8")]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        clean = seqio_clean_ids(ids, self.vocab_size, UNK_ID, EOS_ID)
+        return bytes(i - NUM_SPECIAL_IDS for i in clean if i >= NUM_SPECIAL_IDS).decode(
+            "utf-8", errors="ignore")
+
+    def describe(self) -> dict[str, Any]:
+        return {"class": "ByteVocabulary", "vocab_size": self.vocab_size}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ByteTable)
+
+    def __hash__(self) -> int:
+        return hash(ByteTable)
+
+    def __repr__(self) -> str:
+        return "ByteTable()"
+
+
+Table = CharacterTable | SentencePieceTable | ByteTable
+
+
+def table_of(vocabulary: Any, task_name: str) -> Table:
     """The seqio-free table of a task's vocabulary, or a UserError naming what is supported."""
     table = getattr(vocabulary, "table", vocabulary)
-    if isinstance(table, (CharacterTable, SentencePieceTable)):
+    if isinstance(table, (CharacterTable, SentencePieceTable, ByteTable)):
         return table
     model = getattr(vocabulary, "sp_model", None)  # seqio.SentencePieceVocabulary's bytes.
     if isinstance(model, bytes) and not getattr(vocabulary, "extra_ids", 0):
         return SentencePieceTable(model)
+    seqio = sys.modules.get("seqio")  # A seqio vocabulary means seqio is imported.
+    if (seqio is not None and isinstance(vocabulary, seqio.ByteVocabulary)
+            and not vocabulary.extra_ids):
+        return ByteTable()
     raise UserError(
         f"task {task_name!r} uses {type(vocabulary).__name__}"
-        f"{' with extra ids' if isinstance(model, bytes) else ''}; split snapshots support "
-        "character vocabularies and SentencePiece vocabularies without extra ids, so train this "
-        "task on a host with seqio and TensorFlow (leave LMBatches.snapshot_dir unset).")
+        f"{' with extra ids' if getattr(vocabulary, 'extra_ids', 0) else ''}; split snapshots "
+        "support character, byte and SentencePiece vocabularies without extra ids, so train "
+        "this task on a host with seqio and TensorFlow (leave LMBatches.snapshot_dir unset).")
 
 
-def table_record(table: CharacterTable | SentencePieceTable) -> dict[str, str]:
+def table_record(table: Table) -> dict[str, str]:
     """A JSON-able record of ``table`` that :func:`table_from_record` rebuilds."""
     if isinstance(table, CharacterTable):
         return {"kind": "characters", "json": table.to_json()}
+    if isinstance(table, ByteTable):
+        return {"kind": "bytes"}
     import base64
 
     return {"kind": "sentencepiece", "model_base64": base64.b64encode(table.model).decode("ascii")}
 
 
-def table_from_record(record: dict[str, str], source: str) -> CharacterTable | SentencePieceTable:
+def table_from_record(record: dict[str, str], source: str) -> Table:
     """Rebuilds a table from :func:`table_record`; ``source`` names the file in errors."""
     kind = record.get("kind")
     if kind == "characters":
         return CharacterTable.from_json(record["json"], f"{source} vocabulary")
+    if kind == "bytes":
+        return ByteTable()
     if kind == "sentencepiece":
         import base64
 
