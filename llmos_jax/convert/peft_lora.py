@@ -127,8 +127,9 @@ def read_peft_adapters(directory: str | os.PathLike, config: TransformerConfig
         if not match or match.group(1) not in sites:
             known = ", ".join(repr(module) for module in list(sites)[:_LISTED])
             raise UserError(f"{weights_path}: tensor {name!r} is not a LoRA weight of this "
-                            f"{layout.family} model (its modules are e.g. {known}); the adapter "
-                            "was made for a different base model.")
+                            f"{layout.family} model's blocks (attention and MLP projections, "
+                            f"e.g. {known}); the adapter was made for a different base model "
+                            "or adapts other modules (e.g. a pooler), which are not read.")
         site = sites[match.group(1)][0]
         _check_shape(weights_path, name, value, site, match.group(2))
         adapters.setdefault(match.group(1), {})[match.group(2)] = value.astype(np.float32)
@@ -219,7 +220,7 @@ def _check_shape(weights_path: pathlib.Path, name: str, value: np.ndarray, site:
     """Raises unless A is [r, in] and B [out, r] for this model's module."""
     expected = ((None, site.in_size) if part == "A" else (sum(site.out_sizes), None))
     if value.ndim != 2 or any(e is not None and e != n for e, n in zip(expected, value.shape)):
-        shown = tuple("r" if e is None else e for e in expected)
+        shown = "[" + ", ".join("r" if e is None else str(e) for e in expected) + "]"
         raise UserError(f"{weights_path}: tensor {name!r} has shape {tuple(value.shape)}, but "
                         f"this model's module needs {shown}; the adapter was made for a "
                         "different base model (another size).")
