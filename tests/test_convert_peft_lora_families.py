@@ -21,10 +21,12 @@ peft = pytest.importorskip("peft")
 
 from llmos_jax.compression.adapters import replace_adapters  # noqa: E402
 from llmos_jax.compression.lora import LoraConfig, LoraDense, apply_lora  # noqa: E402
+from llmos_jax.compression.multi_lora import select_adapters  # noqa: E402
 from llmos_jax.convert import bert, llama, t5  # noqa: E402
 from llmos_jax.convert.peft_lora import read_peft_adapters, write_peft_adapters  # noqa: E402
 from llmos_jax.errors import UserError  # noqa: E402
 from llmos_jax.models import DecoderLM, EncoderForSequenceClassification  # noqa: E402
+from llmos_jax.serving.lora_source import with_adapters  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOLERANCE = 5e-5  # float32: two libraries' attention sums differ by ~2e-5 on logits ~0.2
@@ -153,14 +155,21 @@ def test_our_adapters_load_in_peft_with_the_same_logits(case, tmp_path):
     np.testing.assert_allclose(run_ours(case, ours), theirs, atol=TOLERANCE)
 
 
-def test_peft_adapters_load_in_ours_with_the_same_logits(case, tmp_path):
+def peft_adapter(case: Case, directory) -> np.ndarray:
+    """Saves a PEFT-made adapter (random A and B) to `directory`; returns PEFT's logits."""
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(case.targets),
                              init_lora_weights=False, lora_dropout=0.0)
     torch.manual_seed(1)
     adapted = peft.get_peft_model(hf_base(case), config).eval()
+    adapted.save_pretrained(directory)
     theirs = run_hf(case, adapted)
-    adapted.save_pretrained(tmp_path)
+    with adapted.disable_adapter():
+        assert np.abs(theirs - run_hf(case, adapted)).max() > 1e-2  # the adapter does something
+    return theirs
 
+
+def test_peft_adapters_load_in_ours_with_the_same_logits(case, tmp_path):
+    theirs = peft_adapter(case, tmp_path)
     ours = case.ours(scan_layers=False)
     lora, tensors = read_peft_adapters(tmp_path, ours.config)
     apply_lora(ours, lora)
@@ -169,6 +178,22 @@ def test_peft_adapters_load_in_ours_with_the_same_logits(case, tmp_path):
                                                      str(tmp_path)))
     nnx.update(ours, state)
     np.testing.assert_allclose(run_ours(case, ours), theirs, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("name", ["llama", "t5"])
+def test_llmos_serve_lora_serves_a_peft_folder_with_peft_logits(name, tmp_path):
+    """What ``llmos serve --lora=NAME=PATH`` attaches (`with_adapters`), over a scanned base."""
+    torch.manual_seed(0)
+    case = CASES[name](tmp_path / "base")
+    theirs = peft_adapter(case, tmp_path / "adapter")
+    served = with_adapters(case.ours(scan_layers=True), {"tuned": tmp_path / "adapter"})
+
+    def with_adapter(model):
+        select_adapters(model, jnp.ones((TOKENS.shape[0],), jnp.int32))  # row id 1: "tuned"
+        return case.ours_logits(model)
+
+    np.testing.assert_allclose(np.asarray(nnx.jit(with_adapter)(served)), theirs,
+                               atol=TOLERANCE)
 
 
 def _llama_adapter(directory, **shape):
