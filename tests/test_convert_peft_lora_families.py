@@ -78,7 +78,7 @@ def _bert(directory) -> Case:
 
 
 def _bert_classifier(directory) -> Case:
-    """``BertForSequenceClassification`` (``bert.`` names) <-> ``EncoderForSequenceClassification``."""
+    """``BertForSequenceClassification`` (``bert.`` names) <-> ``EncoderForSequence…``."""
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=48,
                                      max_position_embeddings=16, num_labels=3,
@@ -199,7 +199,7 @@ def test_llmos_serve_lora_serves_a_peft_folder_with_peft_logits(name, tmp_path):
 
 
 def _llama_adapter(directory, **shape):
-    """The config of a tiny Llama-shaped DecoderLM whose adapters (ones) are written as PEFT files."""
+    """The config of a tiny Llama DecoderLM whose adapters (ones) are written as PEFT files."""
     fields = dict(model_type="llama", vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
                   num_hidden_layers=2, num_attention_heads=4)
     config = llama.config_from_hf({**fields, **shape}, scan_layers=False)
@@ -226,7 +226,8 @@ def test_an_adapter_for_another_base_names_the_first_tensor_that_does_not_fit(tm
                                        intermediate_size=48, num_hidden_layers=1,
                                        num_attention_heads=4))
     with pytest.raises(UserError, match=r"'base_model\.model\.model\.layers\.1\.mlp\.down_proj"
-                                        r"\.lora_A\.weight' is not a LoRA weight of this Llama model's blocks"):
+                                        r"\.lora_A\.weight' is not a LoRA weight of this Llama "
+                                        r"model's blocks"):
         read_peft_adapters(tmp_path / "small", deeper)
     encoder = bert.config_from_hf(dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
                                        num_attention_heads=4, intermediate_size=48))

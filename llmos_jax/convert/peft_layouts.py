@@ -9,16 +9,14 @@ is a place a LoRA adapter can sit. `lora_sites` reads those rules, so the
 mapping is not written twice; `PEFT_LAYOUTS` adds only what PEFT itself needs
 per family.
 
-=========  =======================================  ===========================  ============
-family     our model                                PEFT module names            task_type
-=========  =======================================  ===========================  ============
-GPT-2      ``DecoderLM`` (learned positions)        ``transformer.h.i.attn.*``    CAUSAL_LM
-Llama      ``DecoderLM`` (RoPE; also Mistral,       ``model.layers.i.self_attn``  CAUSAL_LM
-           Qwen2, Gemma)                            ``.*_proj``, ``.mlp.*_proj``
-BERT       ``Encoder`` (``BertModel``)              ``encoder.layer.i.…``         FEATURE_EXTRACTION
-           ``EncoderFor*`` (``BertFor*``)           ``bert.encoder.layer.i.…``
-T5         ``EncoderDecoderLM``                     ``{en,de}coder.block.i.…``    SEQ_2_SEQ_LM
-=========  =======================================  ===========================  ============
+- GPT-2 (``DecoderLM``, learned positions): ``transformer.h.i.attn.c_attn``...;
+  task ``CAUSAL_LM``.
+- Llama, Mistral, Qwen2, Gemma (``DecoderLM``, RoPE): ``model.layers.i.self_attn.q_proj``,
+  ``model.layers.i.mlp.gate_proj``...; ``CAUSAL_LM``.
+- BERT: ``encoder.layer.i.attention.self.query``... for ``BertModel`` (our ``Encoder``),
+  ``bert.encoder.layer.i...`` for ``BertFor*`` (our ``EncoderFor*``); ``FEATURE_EXTRACTION``.
+- T5 (``EncoderDecoderLM``): ``encoder.block.i.layer.0.SelfAttention.q``,
+  ``decoder.block.i.layer.1.EncDecAttention.q``...; ``SEQ_2_SEQ_LM``.
 
 GPT-2's fused ``c_attn`` is one PEFT module for three of ours
 (query/key/value): a site with several of our modules.
@@ -124,11 +122,12 @@ def lora_sites(table: MappingTable, layout: PeftLayout) -> list[LoraSite]:
             continue
         weight_shape = rule.hf_shapes[weights[0]]
         in_size = weight_shape[0] if layout.fan_in_fan_out else weight_shape[-1]
-        # Our kernels' shapes, from the rule itself (zero-stride inputs: no memory).
-        ours = rule.to_ours(*(np.broadcast_to(np.float32(0), shape) for shape in rule.hf_shapes))
+        # Our kernels' shapes, from the rule itself (zero-stride one-byte inputs: what a
+        # reshape copies is a quarter of the float32 tensor at most).
+        ours = rule.to_ours(*(np.broadcast_to(np.uint8(0), shape) for shape in rule.hf_shapes))
         shapes = [tuple(ours[i].shape) for i in kernels]
         split = _input_axes(shapes[0], in_size)
-        stack_key, num_layers = table._stack(rule)
+        stack_key, num_layers = table.block_stack(rule)
         prefix = "/".join(str(part) for part in stack_key) + "/" + LAYER + "/"
         sites.append(LoraSite(
             hf_module=rule.hf_keys[weights[0]][:-len(_WEIGHT)],

@@ -28,7 +28,7 @@ import numpy as np
 
 from llmos_jax.compression.adapters import adapter_params
 from llmos_jax.compression.lora import LoraConfig
-from llmos_jax.convert.peft_layouts import LoraSite, PeftLayout, layout_for
+from llmos_jax.convert.peft_layouts import LoraSite, layout_for
 from llmos_jax.convert.tensor_mapping import LAYER
 from llmos_jax.errors import UserError
 from llmos_jax.models import TransformerConfig
@@ -62,7 +62,8 @@ def write_peft_adapters(directory: str | os.PathLike, params: Mapping[str, Any],
     layout = layout_for(config)
     flat = {path: np.asarray(value, np.float32) for path, value in adapter_params(params).items()}
     rank, tensors, patterns, used, done = lora.rank, {}, {}, set(), set()
-    for site in layout.sites(config):
+    sites = layout.sites(config)
+    for site in sites:
         for layer in range(site.num_layers):
             modules = [module.replace(LAYER, str(layer)) for module in site.our_modules]
             parts = [_our_adapter(flat, module, layer, used) for module in site.our_modules]
@@ -88,7 +89,7 @@ def write_peft_adapters(directory: str | os.PathLike, params: Mapping[str, Any],
     record = {
         "peft_type": "LORA", "task_type": layout.task_type, "base_model_name_or_path": base_model,
         "r": rank, "lora_alpha": lora.alpha, "lora_dropout": lora.dropout,
-        "target_modules": _target_modules(layout, config, tensors),
+        "target_modules": _target_modules(sites, tensors),
         "fan_in_fan_out": layout.fan_in_fan_out, "bias": "none", "rank_pattern": patterns,
         "alpha_pattern": {name: lora.alpha * r / rank for name, r in patterns.items()},
         "use_rslora": False, "use_dora": False, "modules_to_save": None,
@@ -235,14 +236,14 @@ def _alpha(record: Mapping[str, Any], module: str) -> float:
     return float(alpha)
 
 
-def _target_modules(layout: PeftLayout, config: TransformerConfig,
-                    tensors: Mapping[str, np.ndarray]) -> list[str] | str:
+def _target_modules(sites: list[LoraSite], tensors: Mapping[str, np.ndarray]
+                    ) -> list[str] | str:
     """Short module names when they pick exactly the written modules, else an exact regex."""
     written = {name[len(_PEFT_PREFIX):-len(".lora_A.weight")] for name in tensors
                if name.endswith(".lora_A.weight")}
     shorts = {name.rsplit(".", 1)[-1] for name in written}
     roots = {_hf_root(name) for name in written}  # one naming: bert.* or encoder.*
-    by_short = {site.hf_module.replace(LAYER, str(layer)) for site in layout.sites(config)
+    by_short = {site.hf_module.replace(LAYER, str(layer)) for site in sites
                 for layer in range(site.num_layers)
                 if site.hf_module.rsplit(".", 1)[-1] in shorts
                 and _hf_root(site.hf_module) in roots}
