@@ -55,7 +55,7 @@ def serve_command() -> Command:
              "(dense layers and token embeddings; kept int8 on the device)."),
         Flag("lora", "NAME=PATH", "Also serve a LoRA adapter over the model (repeatable): "
              "requests whose `model` is NAME decode with it, in the same batch as the others. "
-             "PATH: a train.lora run's model_dir/adapters, or a PEFT folder (GPT-2)."),
+             "PATH: a train.lora run's model_dir/adapters, or a PEFT folder (GPT-2, Llama-style or T5 base)."),
         Flag("request-timeout", "SECONDS", "End requests still running after this long (504, or "
              "an error chunk when streaming); default: no limit."),
         Flag("chat-template", "FILE", "A Jinja2 chat template for /v1/chat/completions "

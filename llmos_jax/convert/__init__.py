@@ -14,6 +14,8 @@ transformers is needed (install ``llmos_jax[reference]``).
 - ``t5``: ``T5ForConditionalGeneration`` (v1.0, v1.1) <-> ``EncoderDecoderLM``.
 - ``llama``: ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
   ``GemmaForCausalLM`` <-> ``DecoderLM``.
+- ``peft_lora`` / ``peft_layouts``: LoRA adapters <-> Hugging Face PEFT folders
+  (GPT-2, Llama-style, BERT, T5), the module names read from the tables above.
 - ``streaming_load``: a checkpoint onto the devices one tensor at a time
   (shard by shard, each placed on its sharding; used by ``llama``), never
   holding a second copy of the model on the host.

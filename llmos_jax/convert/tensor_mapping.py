@@ -154,9 +154,9 @@ class MappingTable:
                 if layer is None:
                     params[relative] = array
                 elif self.stacked_layers:
-                    per_block.setdefault(self._stack(rule)[0] + relative, []).append(array)
+                    per_block.setdefault(self.block_stack(rule)[0] + relative, []).append(array)
                 else:
-                    params[self._stack(rule)[0] + (layer,) + relative] = array
+                    params[self.block_stack(rule)[0] + (layer,) + relative] = array
         for path, blocks in per_block.items():
             params[path] = np.stack(blocks)
         self._check_our_paths(set(our_specs), set(params), model_side="the model built from it")
@@ -206,9 +206,9 @@ class MappingTable:
                 if layer is None:
                     targets.append((relative, None))
                 elif self.stacked_layers:
-                    targets.append((self._stack(rule)[0] + relative, layer))
+                    targets.append((self.block_stack(rule)[0] + relative, layer))
                 else:
-                    targets.append((self._stack(rule)[0] + (layer,) + relative, None))
+                    targets.append((self.block_stack(rule)[0] + (layer,) + relative, None))
             yield keys, rule, tuple(targets)
 
     def check_model_paths(self, model_paths: set[ParamPath]) -> None:
@@ -222,7 +222,7 @@ class MappingTable:
         self._check_our_paths(set(params), expected_paths, model_side="the model")
         tensors: dict[str, np.ndarray] = {}
         for rule, layer, keys in self._expanded_rules():
-            ours = [self._our_array(params, self._stack(rule)[0], relative, layer)
+            ours = [self._our_array(params, self.block_stack(rule)[0], relative, layer)
                     for relative in rule.our_paths]
             arrays = rule.to_hf(*ours)
             for key, shape, array in zip(keys, rule.hf_shapes, arrays, strict=True):
@@ -240,7 +240,7 @@ class MappingTable:
             if not rule.per_layer:
                 yield rule, None, rule.hf_keys
                 continue
-            for layer in range(self._stack(rule)[1]):
+            for layer in range(self.block_stack(rule)[1]):
                 yield rule, layer, tuple(key.replace(LAYER, str(layer)) for key in rule.hf_keys)
 
     def _expected_hf_shapes(self) -> Iterator[tuple[str, Shape]]:
@@ -249,7 +249,7 @@ class MappingTable:
 
     def _our_paths(self) -> Iterator[ParamPath]:
         for rule in self.rules:
-            layers_key, num_layers = self._stack(rule)
+            layers_key, num_layers = self.block_stack(rule)
             if not rule.per_layer:
                 yield from rule.our_paths
             elif self.stacked_layers:
@@ -258,7 +258,7 @@ class MappingTable:
                 for layer in range(num_layers):
                     yield from (layers_key + (layer,) + relative for relative in rule.our_paths)
 
-    def _stack(self, rule: TensorRule) -> tuple[ParamPath, int]:
+    def block_stack(self, rule: TensorRule) -> tuple[ParamPath, int]:
         """(path of the rule's blocks, how many blocks); a str key is a one-part path."""
         key, count = rule.stack or (self.layers_key, self.num_layers)
         return (key,) if isinstance(key, str) else tuple(key), count

@@ -4,7 +4,7 @@
 1. ours: `adapters.safetensors` + `lora_config.json`, as a `train.lora` run writes
    to `model_dir/adapters` (`compression.adapters.save_adapters`), or
 2. Hugging Face PEFT's: `adapter_config.json` + `adapter_model.safetensors`
-   (GPT-2 bases, read by `convert.peft_lora`).
+   (GPT-2, Llama-style and T5 bases, read by `convert.peft_lora`).
 
 Each request picks an adapter by sending its NAME as the OpenAI `model`
 field; the engine decodes every row with its own adapter in one batch
