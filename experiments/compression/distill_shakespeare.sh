@@ -30,3 +30,9 @@ llmos models register --model_dir="$TEACHER" --name=shakespeare_teacher
 llmos models register --model_dir="$OUT/student_plain" --name=shakespeare_student_plain
 llmos models register --model_dir="$OUT/student_distilled" --name=shakespeare_student_distilled \
   --parent=shakespeare_teacher/1 --compression=distillation
+# The same held-out measure for all three (the distilled run's own eval "loss" mixes in the
+# soft-target term): next-character NLL over the whole validation split.
+for name in shakespeare_teacher shakespeare_student_plain shakespeare_student_distilled; do
+  llmos eval --checkpoint="models:/$name/1" --output_dir="$OUT/eval_$name" \
+    --gin.register_lm_task.metric_fns="[@perplexity]"
+done
