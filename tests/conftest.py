@@ -2,7 +2,7 @@
 
 Also a persistent XLA compilation cache for the session, in a fresh temporary
 folder removed at the end: many tests compile the same programs (the same tiny
-models' initialisation and train steps, the tiny_train.gin runs of the
+models' initialisation and train steps, the tiny_run.gin runs of the
 end-to-end subprocesses, which inherit it), and a cached executable is the one
 a fresh compile makes, so only time changes. `LLMOS_TEST_COMPILATION_CACHE=0`
 turns it off; a `JAX_COMPILATION_CACHE_DIR` already set is used as it is.

@@ -1,7 +1,7 @@
 """Checkpoint faults in real runs: damaged steps, SIGKILLed saves, a full disk, lost permissions.
 
-One uninterrupted tiny run (tests/gin/tiny_train.gin, 30 steps, checkpoints
-at 10, 20 and 30) is the reference. Then:
+One uninterrupted tiny run (tests/gin/tiny_run.gin on the tiny text's split
+snapshot, 30 steps, checkpoints at 10, 20 and 30) is the reference. Then:
 
 - step 30 of a copy is damaged (params data cut short, a flipped byte in the
   run metadata, the commit marker deleted): `train` warns once, moves step 30

@@ -15,7 +15,7 @@ import time
 
 import pytest
 from registry_helpers import cli, flip_byte, train_args, TASK
-from test_e2e_train_cli import write_corpus
+from tiny_snapshot import write_corpus
 
 from llmos_jax.errors import UserError
 from llmos_jax.registry.model_uri import ModelUri

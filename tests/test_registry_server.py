@@ -101,15 +101,22 @@ def test_a_server_that_dies_mid_run_costs_seconds_and_loses_nothing(server, tmp_
     release = tmp_path / "server_killed"
     child = _train(model_dir, snapshot, server, tmp_path / "home", 16,
                    "--gin.train.hooks=[@SleepAtStep()]", "--gin.SleepAtStep.step=3",
-                   "--gin.SleepAtStep.seconds=300", f"--gin.SleepAtStep.release_file={str(release)!r}")
-    deadline = time.monotonic() + 300
-    while _sent_lines(model_dir) < 2:  # The server has taken some steps' metrics.
-        assert child.poll() is None, child.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    server.kill()
-    killed_at = time.time()
-    release.touch()
+                   "--gin.SleepAtStep.seconds=300",
+                   f"--gin.SleepAtStep.release_file={str(release)!r}")
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 300
+        while _sent_lines(model_dir) < 2:  # The server has taken some steps' metrics.
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        server.kill()
+        killed_at = time.time()
+    finally:
+        release.touch()
+        if killed_at is None:  # Something above failed: leave no stalled run behind.
+            child.kill()
+            child.wait()
     _, stderr = child.communicate(timeout=300)
     exited_at = time.time()
     assert child.returncode == 0, stderr[-3000:]

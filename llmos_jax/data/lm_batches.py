@@ -200,7 +200,7 @@ class LMBatches:
 
     @property
     def vocabulary(self) -> Any:
-        """The vocabulary of the ``targets`` feature (a ``CharacterTable`` from a snapshot)."""
+        """The vocabulary of the ``targets`` feature (a ``vocabulary_tables`` table from a snapshot)."""
         return self._vocabulary
 
     def save_snapshot(self, directory: str) -> str:
