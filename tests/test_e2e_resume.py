@@ -2,8 +2,9 @@
 
 Three `python -m llmos_jax train` subprocesses run the same command
 (tests/gin/tiny_run.gin on the tiny text's split snapshot, 30 steps, a
-checkpoint every 10, async checkpoints, dropout on): an uninterrupted reference, one SIGKILLed and one SIGTERMed once a
-checkpoint (step 10 or 20) is finished on disk and the run has logged past it.
+checkpoint every 10, async checkpoints, dropout on): an uninterrupted
+reference, one SIGKILLed and one SIGTERMed once a checkpoint (step 10 or 20)
+is finished on disk and the run has logged past it.
 Rerunning the same command must resume from the latest checkpoint and
 reproduce the reference's train losses bit for bit, which needs the data
 order, the dropout keys and the optimizer state to be restored exactly.
