@@ -45,11 +45,12 @@ BATCH, CONTEXT, VOCAB = 12, 64, 65
 MODES = ("fixed_async", "fixed_block", "prefetch_async", "prefetch_block")
 
 
-def main(steps: int, turns: int) -> None:
+def build_small_step(activation: str = "gelu", use_bias: bool = True):
+    """The small setup's jitted train step, its initial state, and a batch maker."""
     config = TransformerConfig(
         vocab_size=VOCAB, num_layers=4, embed_dim=128, num_heads=4, max_len=CONTEXT,
-        position_embedding="learned", norm="layernorm", norm_eps=1e-5, mlp_activation="gelu",
-        use_bias=True, tie_embeddings=True, dropout_rate=0.0)
+        position_embedding="learned", norm="layernorm", norm_eps=1e-5,
+        mlp_activation=activation, use_bias=use_bias, tie_embeddings=True, dropout_rate=0.0)
     layout = Layout(build_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]), DEFAULT_RULES)
     spec = model_spec(lambda rngs: DecoderLM(config, rngs=rngs,
                                              shard=layout.activation_sharder), 0)
@@ -61,11 +62,16 @@ def main(steps: int, turns: int) -> None:
                              shardings, [INPUTS, TARGETS, WEIGHTS], layout)
     rng = np.random.default_rng(0)
 
-    def make_batch(_step):
+    def make_batch(_step=None):
         tokens = rng.integers(0, VOCAB, (BATCH, CONTEXT + 1), dtype=np.int32)
         return layout.global_batch({INPUTS: tokens[:, :-1], TARGETS: tokens[:, 1:],
                                     WEIGHTS: np.ones((BATCH, CONTEXT), np.float32)})
 
+    return step_fn, state, make_batch
+
+
+def main(steps: int, turns: int) -> None:
+    step_fn, state, make_batch = build_small_step()
     fixed = make_batch(0)
     for _ in range(3):
         state, metrics = step_fn(state, fixed)
