@@ -41,15 +41,20 @@ def ours_logits(model) -> np.ndarray:
     return np.asarray(nnx.jit(lambda m: m(jnp.asarray(TOKENS, jnp.int32)))(model))
 
 
+def randomise_lora_b(model) -> None:
+    """Gives every adapter a seeded non-zero B, so merged adapters change the output."""
+    for index, (_, node) in enumerate(nnx.iter_graph(model)):
+        if isinstance(node, LoraDense):
+            node.lora_b[...] = 0.3 * np.random.default_rng(index).normal(
+                size=node.lora_b.shape).astype(np.float32)
+
+
 @pytest.mark.parametrize("scan_layers", [False, True])
 def test_our_adapters_load_in_peft_with_the_same_logits(hf_base, tmp_path, scan_layers):
     ours = gpt2.import_gpt2(hf_base, scan_layers=scan_layers)
     lora = LoraConfig(rank=2, alpha=6.0)
     apply_lora(ours, lora)
-    for index, (_, node) in enumerate(nnx.iter_graph(ours)):
-        if isinstance(node, LoraDense):
-            node.lora_b[...] = 0.3 * np.random.default_rng(index).normal(
-                size=node.lora_b.shape).astype(np.float32)
+    randomise_lora_b(ours)
     write_peft_adapters(tmp_path, nnx.to_pure_dict(nnx.state(ours, nnx.Param)), lora,
                         ours.config)
     base = transformers.GPT2LMHeadModel.from_pretrained(hf_base).eval()

@@ -20,13 +20,14 @@ transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from llmos_jax.compression.adapters import replace_adapters  # noqa: E402
-from llmos_jax.compression.lora import LoraConfig, LoraDense, apply_lora  # noqa: E402
+from llmos_jax.compression.lora import LoraConfig, apply_lora  # noqa: E402
 from llmos_jax.compression.multi_lora import select_adapters  # noqa: E402
 from llmos_jax.convert import bert, llama, t5  # noqa: E402
 from llmos_jax.convert.peft_lora import read_peft_adapters, write_peft_adapters  # noqa: E402
 from llmos_jax.errors import UserError  # noqa: E402
 from llmos_jax.models import DecoderLM, EncoderForSequenceClassification  # noqa: E402
 from llmos_jax.serving.lora_source import with_adapters  # noqa: E402
+from test_convert_peft_lora import randomise_lora_b  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TOLERANCE = 5e-5  # float32: two libraries' attention sums differ by ~2e-5 on logits ~0.2
@@ -144,10 +145,7 @@ def test_our_adapters_load_in_peft_with_the_same_logits(case, tmp_path):
     ours = case.ours(scan_layers=case.scan_layers)
     lora = LoraConfig(rank=2, alpha=6.0)
     apply_lora(ours, lora)
-    for index, (_, node) in enumerate(nnx.iter_graph(ours)):
-        if isinstance(node, LoraDense):
-            node.lora_b[...] = 0.3 * np.random.default_rng(index).normal(
-                size=node.lora_b.shape).astype(np.float32)
+    randomise_lora_b(ours)
     write_peft_adapters(tmp_path, nnx.to_pure_dict(nnx.state(ours, nnx.Param)), lora,
                         ours.config)
     base = hf_base(case)
