@@ -14,6 +14,7 @@ tests.
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import random
 import sys
@@ -40,21 +41,17 @@ def write_corpus(path: pathlib.Path, paragraphs: int = 60, seed: int = 0) -> pat
 
 
 def make_tiny_snapshot(corpus: pathlib.Path, directory: pathlib.Path) -> pathlib.Path:
-    """Snapshots the train and validation splits that tiny_train.gin reads from `corpus`."""
-    from llmos_jax.cli.gin_config import parse_gin
-    from llmos_jax.data.lm_batches import LMBatches
-    from llmos_jax.training.train_config import TrainConfig
-
-    gin.clear_config()
+    """Snapshots the splits tiny_train.gin reads from `corpus`, with tools/snapshot_splits.py."""
+    spec = importlib.util.spec_from_file_location(
+        "snapshot_splits", REPO_ROOT / "tools" / "snapshot_splits.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     try:
-        parse_gin([str(TINY_TRAIN_GIN)], [f"register_text_file_task.path = {str(corpus)!r}"])
-        settings = TrainConfig.from_gin()
-        for split in ("train", settings.eval_split):
-            LMBatches(settings.task_name, split, settings.sequence_length,
-                      settings.global_batch_size, seed=settings.seed,
-                      pack=settings.pack).save_snapshot(str(directory))
+        code = tool.main([f"--gin_file={TINY_TRAIN_GIN}", f"--output_dir={directory}",
+                          f"--gin.register_text_file_task.path={str(corpus)!r}"])
     finally:
         gin.clear_config()
+    assert code == 0, f"tools/snapshot_splits.py exited {code}"
     return directory
 
 
