@@ -4,6 +4,7 @@
     python benchmarks/hf_finetune_minilm.py --task sst2 --out runs/hf_sst2.json
     python benchmarks/hf_finetune_minilm.py --task conll --out runs/hf_conll.json
     python benchmarks/hf_finetune_minilm.py --task sst2 --steps 20 --max_eval_examples 64  # smoke
+    python benchmarks/hf_finetune_minilm.py --task sst2 --lora_rank 8 --lr 5e-4 --out runs/peft.json
 
 The yardstick for our fine-tunes (issue 4: ours must land within 1 point):
 
@@ -59,6 +60,7 @@ import math
 import os
 import pathlib
 import platform
+import resource
 import sys
 import time
 
@@ -101,6 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="pad every batch to --max_len (fixed shapes, as our trainer does) "
                         "or to its longest row (transformers' DataCollatorWithPadding "
                         "default; same results, less compute)")
+    parser.add_argument("--lora_rank", type=int, default=0,
+                        help="LoRA rank with Hugging Face peft (0: full fine-tune)")
+    parser.add_argument("--lora_alpha", type=float, default=16.0)
+    parser.add_argument("--lora_dropout", type=float, default=0.1)
     parser.add_argument("--device", default="cpu", help="torch device (the reference is cpu)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--log_every", type=int, default=50)
@@ -174,10 +180,33 @@ def build_model(transformers, task: str, model_dir: pathlib.Path, dropout: float
         label2id={tag: i for i, tag in labels.items()}, **overrides)
 
 
+# Our `LoraConfig` default targets (attention q/k/v/out, MLP in/out) by BERT's module names.
+BERT_LORA_TARGETS = (r".*encoder\.layer\.\d+\.(attention\.self\.(query|key|value)"
+                     r"|attention\.output\.dense|intermediate\.dense|output\.dense)")
+
+
+def add_lora(model, task: str, args: argparse.Namespace):
+    """peft LoRA on BERT's attention and MLP projections; the fresh head trains in full.
+
+    peft's task types SEQ_CLS / TOKEN_CLS add ``modules_to_save=["classifier",
+    "score"]`` (our ``LoraConfig.also_train = ['^classifier/']``); the pooler stays
+    frozen on both sides.
+    """
+    import peft
+
+    config = peft.LoraConfig(
+        task_type=peft.TaskType.SEQ_CLS if task == "sst2" else peft.TaskType.TOKEN_CLS,
+        r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        target_modules=BERT_LORA_TARGETS)
+    return peft.get_peft_model(model, config)
+
+
 def make_optimizer(torch, model, args: argparse.Namespace):
     """AdamW with decay on all but biases and LayerNorm parameters (our weight_decay_mask)."""
     decayed, kept = [], []
     for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:  # LoRA's frozen base
+            continue
         no_decay = name.endswith("bias") or "norm" in name.lower()
         (kept if no_decay else decayed).append(parameter)
     return torch.optim.AdamW(
@@ -238,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     model = build_model(transformers, args.task, model_dir, args.dropout).to(args.device)
+    if args.lora_rank:
+        model = add_lora(model, args.task, args)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    print(f"trainable parameters: {trainable} of {total} ({100 * trainable / total:.2f}%)")
     model.train()
     optimizer = make_optimizer(torch, model, args)
     warmup_steps = int(round(args.warmup * args.steps))
@@ -272,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_s = time.perf_counter() - eval_started
 
     result = {
-        "framework": "transformers+pytorch (CPU, eager, fp32)",
+        "framework": "transformers+pytorch (CPU, eager, fp32)" + (
+            f" + peft LoRA r={args.lora_rank}" if args.lora_rank else ""),
         "task": args.task,
         "eval_split": spec["eval_split"],
         "metric": spec["metric"],
@@ -286,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                    "train_per_step": train_s / args.steps},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
+        "trainable_parameters": trainable,
+        "parameters": total,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "torch_threads": torch.get_num_threads(),
         "tensorflow_imported": "tensorflow" in sys.modules,
     }

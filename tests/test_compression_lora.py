@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from llmos_jax.compression.adapters import (adapter_params, adapters_only, load_adapters,
-                                            read_lora_config, save_adapters)
+                                            read_lora_config, save_adapters, trained_mask)
 from llmos_jax.compression.lora import LoraConfig, LoraDense, apply_lora, merge_lora
 from llmos_jax.errors import UserError
 from llmos_jax.models import (DecoderLM, EncoderConfig, EncoderDecoderConfig, TransformerConfig)
@@ -159,3 +159,79 @@ def test_a_target_pattern_that_matches_nothing_is_named_with_real_paths():
     model = DecoderLM(DECODER, rngs=nnx.Rngs(0))
     with pytest.raises(UserError, match=r"'q_proj' matches no dense layer.*layers/attn/"):
         apply_lora(model, LoraConfig(target_patterns=["q_proj"]))
+
+
+def _decoder_lora_step(config, *, trained):
+    """A 1-device LoRA train step on the decoder: (state, jitted step, batch) ."""
+    layout = Layout(build_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1]),
+                    DEFAULT_RULES)
+
+    def build(rngs):
+        model = CausalLm().build_model(dataclasses.replace(DECODER, init_std=0.5), rngs=rngs,
+                                       shard=layout.activation_sharder)
+        apply_lora(model, config)
+        return model
+
+    spec = model_spec(build, seed=0)
+    tx = adapters_only(make_optimizer(name="adamw", learning_rate=1e-1, weight_decay=0.0),
+                       config.also_train)
+    shardings = state_shardings(spec, tx, layout)
+    state = init_train_state(spec, tx, shardings)
+    batch = _lm_batch()
+    mask = (lambda p: trained_mask(p, config.also_train)) if trained else None
+    step = jit_train_step(make_train_step(
+        spec, tx, lambda s: current_learning_rate(s.inner_states["adapter"].inner_state),
+        StepConfig(use_dropout=False), layout, trained=mask),
+        shardings, {k: 2 for k in batch}, layout)
+    return state, step, layout.global_batch(batch)
+
+
+def test_also_train_parameters_train_in_full_and_save_with_the_adapters(tmp_path):
+    config = LoraConfig(rank=4, alpha=8.0, also_train=[r"^final_norm/"])
+    state, step, batch = _decoder_lora_step(config, trained=True)
+    trained_shapes = sorted(tuple(x.shape) for x in adapter_params(
+        state.params, config.also_train).values())
+    assert (DECODER.embed_dim,) in trained_shapes  # the final norm's scale
+    opt_shapes = [tuple(x.shape) for x in jax.tree.leaves(state.opt_state) if jnp.ndim(x) > 0]
+    assert sorted(opt_shapes) == sorted(trained_shapes * 2)
+    before = _flat(jax.device_get(state.params))
+    for _ in range(3):
+        state, _ = step(state, batch)
+    after = _flat(jax.device_get(state.params))
+    assert not np.allclose(after["final_norm/scale"], before["final_norm/scale"])
+    np.testing.assert_array_equal(after["layers/mlp/wo/kernel"], before["layers/mlp/wo/kernel"])
+
+    params = jax.device_get(state.params)
+    save_adapters(tmp_path / "a", params, config)
+    assert read_lora_config(tmp_path / "a") == config
+    fresh = DecoderLM(dataclasses.replace(DECODER, init_std=0.5), rngs=nnx.Rngs(1))
+    apply_lora(fresh, config)
+    loaded = _flat(load_adapters(tmp_path / "a", nnx.to_pure_dict(nnx.state(fresh, nnx.Param))))
+    np.testing.assert_array_equal(loaded["final_norm/scale"], after["final_norm/scale"])
+    np.testing.assert_array_equal(loaded["layers/attn/query/lora_b"],
+                                  after["layers/attn/query/lora_b"])
+
+
+def test_frozen_weights_get_no_gradient_computation_and_the_same_update():
+    config = LoraConfig(rank=4, alpha=8.0)
+    results, flops = {}, {}
+    for trained in (False, True):
+        state, step, batch = _decoder_lora_step(config, trained=trained)
+        flops[trained] = step.lower(state, batch).compile().cost_analysis()["flops"]
+        state, metrics = step(state, batch)
+        results[trained] = (_flat(jax.device_get(state.params)), float(metrics["grad_norm"]))
+    # stop_gradient on the frozen base: the same update, with the base's weight-gradient
+    # matmuls gone from the compiled step; grad_norm now counts only what trains (and is
+    # clipped), not the frozen weights' unused gradients.
+    for path, value in results[False][0].items():
+        np.testing.assert_allclose(results[True][0][path], value, rtol=1e-5, atol=1e-6,
+                                   err_msg=path)
+    assert 0 < results[True][1] < results[False][1]
+    assert flops[True] < 0.85 * flops[False], flops
+
+
+def test_an_also_train_pattern_that_matches_nothing_is_named():
+    model = DecoderLM(DECODER, rngs=nnx.Rngs(0))
+    with pytest.raises(UserError, match=r"LoraConfig.also_train entry '\^classifier/' matches "
+                                        r"no parameter.*final_norm"):
+        apply_lora(model, LoraConfig(also_train=["^classifier/"]))

@@ -217,9 +217,22 @@ def load_for_inference(gin_files: Sequence[str], bindings: Sequence[str] = (), *
     objective = resolve_objective(settings["objective"])
     layout = Layout.build(settings["mesh_config"], settings["axis_rules"],
                           jax.local_devices() if devices is None else devices)
-    spec = build_model_spec(model_config, objective, layout, settings["seed"])
+    lora = settings.get("lora")
+    if lora is not None and location.params_key is not None:
+        # A LoRA run's training checkpoints hold the adapters beside the frozen base
+        # (its exports are merged already): build them in, restore, fold them in.
+        from llmos_jax.training.lora_training import lora_model_spec
+
+        spec = lora_model_spec(model_config, objective, layout, lora, settings["seed"])
+    else:
+        spec = build_model_spec(model_config, objective, layout, settings["seed"])
     params = restore_params(location, spec, layout.param_shardings(spec), checkpoint=checkpoint)
     model = nnx.merge(spec.graphdef, params)
+    if lora is not None and location.params_key is not None:
+        from llmos_jax.compression.lora import merge_lora
+
+        merge_lora(model)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     if quantize is not None:
         from llmos_jax.serving.model_source import quantized_for_serving
 

@@ -1,10 +1,12 @@
 """Adapter weights apart from their base: training only them, and saving them alone.
 
 Parameters are the trainer's pure dicts (`nnx.to_pure_dict`); adapters are
-the leaves named `lora_a` / `lora_b`. `adapters_only` wraps an optimizer so
-the base gets no update and no optimizer state at all (not zero moments: no
-arrays). `save_adapters` writes the adapters alone as safetensors with their
-`LoraConfig`; `load_adapters` checks them against the model they go into.
+the leaves named `lora_a` / `lora_b`, and the trained part is the adapters
+plus any base parameter matching `LoraConfig.also_train` (a fresh task head).
+`adapters_only` wraps an optimizer so the rest of the base gets no update and
+no optimizer state at all (not zero moments: no arrays). `save_adapters`
+writes the trained part alone as safetensors with its `LoraConfig`;
+`load_adapters` checks it against the model it goes into.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import dataclasses
 import json
 import os
 import pathlib
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -40,22 +43,35 @@ def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def adapter_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The adapter leaves of `params`, flat by path."""
-    return {path: leaf for path, leaf in flatten(params).items() if is_adapter_path(path)}
+def is_trained_path(path: str, also_train: Sequence[str] = ()) -> bool:
+    """Whether the parameter at `path` trains under LoRA: an adapter or `also_train`."""
+    return is_adapter_path(path) or any(re.search(pattern, path) for pattern in also_train)
 
 
-def adapter_labels(params: Any) -> Any:
-    """`params`' structure with 'adapter' on adapter leaves and 'frozen' elsewhere."""
+def adapter_params(params: Mapping[str, Any], also_train: Sequence[str] = ()) -> dict[str, Any]:
+    """The adapter leaves of `params` (and those matching `also_train`), flat by path."""
+    return {path: leaf for path, leaf in flatten(params).items()
+            if is_trained_path(path, also_train)}
+
+
+def adapter_labels(params: Any, also_train: Sequence[str] = ()) -> Any:
+    """`params`' structure with 'adapter' on trained leaves and 'frozen' elsewhere."""
     def label(path, _):
-        name = str(getattr(path[-1], "key", path[-1]))
-        return TRAINABLE if name in ADAPTER_NAMES else FROZEN
+        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        return TRAINABLE if is_trained_path(name, also_train) else FROZEN
     return jax.tree_util.tree_map_with_path(label, params)
 
 
-def adapters_only(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """`tx` on the adapters; the base is frozen and holds no optimizer state."""
-    return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, adapter_labels)
+def trained_mask(params: Any, also_train: Sequence[str] = ()) -> Any:
+    """`params`' structure with True on the leaves LoRA trains (see `adapter_labels`)."""
+    return jax.tree.map(lambda label: label == TRAINABLE, adapter_labels(params, also_train))
+
+
+def adapters_only(tx: optax.GradientTransformation,
+                  also_train: Sequence[str] = ()) -> optax.GradientTransformation:
+    """`tx` on the adapters (and `also_train`); the rest is frozen with no optimizer state."""
+    return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()},
+                                 lambda params: adapter_labels(params, also_train))
 
 
 def save_adapters(directory: str | os.PathLike, params: Mapping[str, Any],
@@ -64,7 +80,7 @@ def save_adapters(directory: str | os.PathLike, params: Mapping[str, Any],
     from safetensors.numpy import save_file
 
     tensors = {path: np.asarray(jax.device_get(leaf)) for path, leaf in
-               adapter_params(params).items()}
+               adapter_params(params, config.also_train).items()}
     if not tensors:
         raise UserError("these parameters hold no LoRA adapters; build the model with "
                         "compression.lora.apply_lora before saving adapters.")
@@ -73,6 +89,7 @@ def save_adapters(directory: str | os.PathLike, params: Mapping[str, Any],
     save_file(tensors, str(directory / ADAPTERS_FILE))
     record = dataclasses.asdict(config)
     record["target_patterns"] = list(config.target_patterns)
+    record["also_train"] = list(config.also_train)
     (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return sum(t.nbytes for t in tensors.values())
 
@@ -83,6 +100,7 @@ def read_lora_config(directory: str | os.PathLike) -> LoraConfig:
         raise UserError(f"{path} does not exist; pass a folder written by save_adapters.")
     record = json.loads(path.read_text())
     record["target_patterns"] = tuple(record["target_patterns"])
+    record["also_train"] = tuple(record.get("also_train", ()))
     return LoraConfig(**record)
 
 
@@ -105,12 +123,17 @@ def replace_adapters(params: Mapping[str, Any], saved: Mapping[str, np.ndarray],
                      source: str) -> Any:
     """`params` with its adapter leaves set from `saved` (flat by path), shapes checked.
 
+    Base tensors in `saved` (trained in full under `LoraConfig.also_train`)
+    replace the model's tensor of the same path.
+
     Raises:
       UserError: `saved` was made for another base: the first tensor whose path
         or shape differs is named.
     """
     path = source
-    expected = adapter_params(params)
+    flat = flatten(params)
+    expected = {name: leaf for name, leaf in flat.items()
+                if is_adapter_path(name) or name in saved}
     for name in sorted(set(saved) | set(expected)):
         if name not in expected:
             raise UserError(f"{path} holds adapter tensor {name!r}, which this model does not "

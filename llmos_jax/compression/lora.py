@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import math
 import re
 from collections.abc import Iterator, Sequence
 
@@ -25,6 +26,7 @@ from flax import nnx
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
 from llmos_jax.models.dense import _LETTERS, Dense
+from llmos_jax.models.dropout import dropout
 
 ADAPTER_NAMES = ("lora_a", "lora_b")
 
@@ -49,6 +51,10 @@ class LoraConfig:
       target_patterns: Regular expressions (`re.search`) on module paths such
         as ``layers/0/attn/query`` or ``encoder_layers/mlp/wo``.
       seed: Initialises `lora_a`.
+      also_train: Regular expressions (`re.search`) on parameter paths such
+        as ``classifier/dense/kernel``: base parameters trained in full beside
+        the adapters and saved with them, e.g. a task head that starts fresh
+        (PEFT's ``modules_to_save``).
     """
 
     rank: int = 8
@@ -56,10 +62,12 @@ class LoraConfig:
     dropout: float = 0.0
     target_patterns: Sequence[str] = ATTENTION_AND_MLP
     seed: int = 0
+    also_train: Sequence[str] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.target_patterns, str):
-            object.__setattr__(self, "target_patterns", tuple(self.target_patterns))
+        for name in ("target_patterns", "also_train"):
+            if not isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def scale(self) -> float:
@@ -97,16 +105,18 @@ class LoraDense(Dense):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = super().__call__(x)
-        n_in, n_out = len(self.in_features), len(self.out_features)
-        contract = _LETTERS[x.ndim - n_in: x.ndim]
-        out = _LETTERS[x.ndim: x.ndim + n_out]
         key = _DROPOUT_KEY.get()
         if key is not None and self.dropout > 0.0:
-            keep = jax.random.bernoulli(jax.random.fold_in(key, self.site), 1.0 - self.dropout,
-                                        x.shape)
-            x = jnp.where(keep, x / (1.0 - self.dropout), 0.0).astype(x.dtype)
-        low = jnp.einsum(f"...{contract},{contract}r->...r", x, self.lora_a[...].astype(x.dtype))
-        delta = jnp.einsum(f"...r,r{out}->...{out}", low, self.lora_b[...].astype(x.dtype))
+            x = dropout(x, self.dropout, jax.random.fold_in(key, self.site))
+        # Plain 2-D matmuls: with [batch, length, ...] einsums XLA:CPU computed the
+        # gradient of lora_b through a transposing copy of the output gradient,
+        # which took half of a MiniLM LoRA step.
+        fan_in, fan_out = math.prod(self.in_features), math.prod(self.out_features)
+        rows = x.reshape((-1, fan_in))
+        a = self.lora_a[...].astype(x.dtype).reshape((fan_in, -1))
+        b = self.lora_b[...].astype(x.dtype).reshape((-1, fan_out))
+        delta = ((rows @ a) @ b).reshape(x.shape[:x.ndim - len(self.in_features)]
+                                        + tuple(self.out_features))
         return y + delta * jnp.asarray(self.scale, x.dtype)
 
     def merged_kernel(self) -> jax.Array:
@@ -173,6 +183,7 @@ def apply_lora(model: nnx.Module, config: LoraConfig) -> list[str]:
             raise UserError(
                 f"LoraConfig.target_patterns entry {pattern.pattern!r} matches no dense layer of "
                 f"this model; its dense layers are e.g. {paths[:6]}. Fix the pattern.")
+    _check_also_train(model, config.also_train)
     rngs = nnx.Rngs(params=config.seed)
     adapted = []
     for site, (path, dense) in enumerate(modules):
@@ -182,6 +193,26 @@ def apply_lora(model: nnx.Module, config: LoraConfig) -> list[str]:
                                         dropout=config.dropout, site=site, rngs=rngs))
         adapted.append(path)
     return adapted
+
+
+def _check_also_train(model: nnx.Module, also_train: Sequence[str]) -> None:
+    if isinstance(also_train, str):
+        raise UserError(f"LoraConfig.also_train={also_train!r} is one string; write a list: "
+                        f"[{also_train!r}].")
+    paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+             for key_path, _ in jax.tree_util.tree_flatten_with_path(
+                 nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]]
+    for pattern in also_train:
+        try:
+            compiled = re.compile(pattern)
+        except re.error as error:
+            raise UserError(f"LoraConfig.also_train has {pattern!r}, not a valid regular "
+                            f"expression ({error}).") from None
+        if not any(compiled.search(path) for path in paths):
+            heads = [path for path in paths if "layers" not in path][-6:]
+            raise UserError(f"LoraConfig.also_train entry {pattern!r} matches no parameter of "
+                            f"this model; its parameters outside the layers are e.g. {heads}. "
+                            "Fix the pattern.")
 
 
 def merge_lora(model: nnx.Module) -> int:

@@ -19,7 +19,7 @@ from flax import nnx
 from llmos_jax.models import axes
 from llmos_jax.models.cache_blocks import CacheBlocks, blocked_attention
 from llmos_jax.models.dense import Dense, DenseFactory
-from llmos_jax.models.dropout import dropout, split_key
+from llmos_jax.models.dropout import dropout, keep_mask, split_key
 from llmos_jax.models.embeddings import Rope, apply_rope
 
 _NEG_INF = -1e30  # finite, so fully masked rows (padding) give uniform, not NaN, weights
@@ -319,7 +319,7 @@ def _dropout_keep(probs: jax.Array, rate: float, key: jax.Array | None) -> jax.A
     # The same draw as `llmos_jax.models.dropout.dropout(probs, rate, key)`.
     if key is None or rate == 0.0:
         return None
-    return jax.random.bernoulli(key, 1.0 - rate, probs.shape)
+    return keep_mask(key, rate, probs.shape)
 
 
 def _apply_keep(x: jax.Array, keep: jax.Array | None, rate: float) -> jax.Array:

@@ -6,15 +6,35 @@ draws exactly the masks an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def keep_mask(key: jax.Array, rate: float, shape: Sequence[int]) -> jax.Array:
+    """The mask `jax.random.bernoulli(key, 1 - rate, shape)` draws, bit for bit, faster.
+
+    `bernoulli` keeps an element where uniform(key) < p, uniform being the top
+    23 bits of a 32-bit draw over 2**23. Comparing the 32-bit draw itself with
+    the equivalent integer threshold keeps the same elements without the float
+    conversion, which XLA:CPU ran 8x slower than the draw (10.8 against 1.4 ms
+    for a 2048 x 384 mask on a 2-core EPYC): dropout had cost a quarter of a
+    MiniLM fine-tuning step.
+    """
+    keep_prob = float(np.float32(1.0 - rate))  # bernoulli compares in float32
+    threshold = int(np.ceil(keep_prob * 2**23)) << 9
+    if threshold >= 2**32:
+        return jnp.ones(shape, bool)
+    return jax.random.bits(key, tuple(shape), jnp.uint32) < np.uint32(threshold)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     """Zeroes a `rate` fraction of `x` and rescales; identity without a key or rate."""
     if key is None or rate == 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    keep = keep_mask(key, rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 

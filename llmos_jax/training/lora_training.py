@@ -26,16 +26,17 @@ from llmos_jax.training.hooks import Schedule, StepContext
 log = logging.getLogger("llmos_jax.train")
 
 
-def lora_model_spec(config, objective: Objective, layout: Layout) -> ModelSpec:
-    """`build_model_spec` with `config.lora`'s adapters added to the objective's model."""
+def lora_model_spec(model_config, objective: Objective, layout: Layout, lora: LoraConfig,
+                    seed: int) -> ModelSpec:
+    """`build_model_spec` with `lora`'s adapters added to the objective's model."""
     sharder = layout.activation_sharder
 
     def build(rngs: nnx.Rngs) -> nnx.Module:
-        model = objective.build_model(config.model_config, rngs=rngs, shard=sharder)
-        apply_lora(model, config.lora)
+        model = objective.build_model(model_config, rngs=rngs, shard=sharder)
+        apply_lora(model, lora)
         return model
 
-    return model_spec(build, config.seed)
+    return model_spec(build, seed)
 
 
 def merged_params(spec: ModelSpec, params: Any) -> Any:

@@ -12,7 +12,7 @@ are `fold_in(seed, step)`: a resumed run draws the same masks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,7 +66,8 @@ def _split_microbatches(batch: Batch, n: int, layout: Layout) -> Batch:
 
 def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
                     learning_rate_of: Callable[[optax.OptState], jax.Array], config: StepConfig,
-                    layout: Layout, objective: Objective | None = None):
+                    layout: Layout, objective: Objective | None = None,
+                    trained: Callable[[Any], Any] | None = None):
     """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted).
 
     Args:
@@ -74,11 +75,18 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
       learning_rate_of: Reads the learning rate the update applied from the new
         optimizer state (see `optimizers.current_learning_rate`).
       objective: What to compute; the decoder LM (`CausalLm`) by default.
+      trained: Maps the parameters to a tree of bools, True where they train
+        (LoRA: the adapters). The others pass through `stop_gradient`, so
+        their weight gradients (a third of a full step's matmuls) are never
+        computed; they get zero gradients. None: everything trains.
     """
     objective = CausalLm() if objective is None else objective
 
     def grads_and_sums(params, batch, key, denominators):
         def loss_fn(p):
+            if trained is not None:
+                p = jax.tree.map(lambda train, x: x if train else jax.lax.stop_gradient(x),
+                                 trained(p), p)
             with adapter_dropout(key):  # LoRA adapters' own dropout (a no-op without them)
                 sums = objective.sums(spec.merge(p), batch, dropout_key=key, z_loss=config.z_loss)
             return objective.loss(sums, denominators), sums

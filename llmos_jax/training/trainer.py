@@ -25,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import logging
 import pathlib
 import time
@@ -66,7 +67,7 @@ from llmos_jax.training.standard_hooks import (Checkpointing, DivergenceGuard, E
 from llmos_jax.training.spike_statistics import GuardedTrainStep
 from llmos_jax.training.train_config import TrainConfig
 from llmos_jax.training.lora_training import SaveAdapters, lora_model_spec, merged_params
-from llmos_jax.compression.adapters import adapters_only
+from llmos_jax.compression.adapters import adapters_only, trained_mask
 from llmos_jax.training.train_state import (TrainState, abstract_train_state, init_train_state,
                                             state_shardings)
 from llmos_jax.training.train_step import (StepConfig, jit_eval_step, jit_train_step,
@@ -163,7 +164,8 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
     batch_ranks = {key: value.ndim for key, value in first_batch.items()}
 
     spec = (build_model_spec(config.model_config, objective, layout, config.seed)
-            if config.lora is None else lora_model_spec(config, objective, layout))
+            if config.lora is None else lora_model_spec(
+                config.model_config, objective, layout, config.lora, config.seed))
     # Carried by model_dir/export and model_dir/best, so they serve with no gin file.
     vocabularies = task_vocabularies_for_export(
         config.task_name, train_data.vocabulary,
@@ -174,8 +176,10 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
         sequence_length=config.sequence_length, model_dir=model_path,
         write=jax.process_index() == 0, vocabularies=vocabularies)
     tx = config.optimizer_factory()
+    trained = None
     if config.lora is not None:  # the base is frozen and gets no optimizer state
-        tx = adapters_only(tx)
+        tx = adapters_only(tx, config.lora.also_train)
+        trained = functools.partial(trained_mask, also_train=config.lora.also_train)
     shardings = state_shardings(spec, tx, layout)
 
     checkpointer = Checkpointer(model_path, save_every=config.checkpoint_every,
@@ -198,12 +202,19 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
              "steps %d -> %d", type(objective).__name__, num_params / 1e6,
              dict(layout.mesh.shape), layout.mesh.size, config.global_batch_size,
              config.sequence_length, start_step, config.num_steps)
+    if trained is not None:
+        num_trained = sum(leaf.size for leaf, train in zip(
+            jax.tree.leaves(spec.abstract_params), jax.tree.leaves(trained(spec.abstract_params)))
+            if train)
+        log.info("LoRA: %d trainable parameters (%.2f%% of %d); the rest is frozen",
+                 num_trained, 100 * num_trained / num_params, num_params)
 
     step_config = StepConfig(microbatches=config.microbatches, z_loss=config.z_loss,
                              dropout_seed=config.seed,
                              use_dropout=(config.model_config.dropout_rate > 0 or bool(
                                  config.lora and config.lora.dropout > 0)))
-    step_fn = make_train_step(spec, tx, current_learning_rate, step_config, layout, objective)
+    step_fn = make_train_step(spec, tx, current_learning_rate, step_config, layout, objective,
+                              trained=trained)
     spike_rules = config.alerting.spike_rules() if config.alerting else ()
     train_step = (GuardedTrainStep(step_fn, spike_rules, shardings,
                                    layout.batch_shardings(batch_ranks), layout)
