@@ -11,7 +11,10 @@ then, unless --no-decode, greedy decode tokens/s at batch 1 for both.
 import sys
 import time
 
-import jax
+from llmos_jax import runtime
+
+runtime.configure_host_runtime()  # as `llmos serve` does, before JAX allocates
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx

@@ -19,7 +19,10 @@ of prompt for torch; ours reads a 128-position span).
 
     PYTHONPATH=. python benchmarks/int8_vs_torch_dynamic.py /tmp/gpt2_small_random [MODE]
 
-MODE runs one of them only; TORCH_THREADS=N sets PyTorch's intra-op threads.
+MODE runs one of them only; TORCH_THREADS=N sets PyTorch's intra-op threads. Ours
+tunes the host allocator as `llmos serve` does (`llmos_jax.runtime`);
+LLMOS_HOST_ALLOCATOR=system leaves malloc alone (each step's large temporaries then
+page-fault back in, as in the first recorded runs).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ TOKENS = np.random.default_rng(0).integers(0, 50000, size=(2, 32))
 
 
 def ours(folder: str, quantized: bool) -> dict:
+    from llmos_jax import runtime
+
+    runtime.configure_host_runtime()  # as `llmos serve` does, before JAX allocates
     import jax
     from flax import nnx
 

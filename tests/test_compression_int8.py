@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llmos_jax.compression.int8 import (Int8Dense, Int8Embedding, parameter_bytes,
-                                        quantize_int8, quantize_per_channel)
+from llmos_jax.compression.int8 import (BLOCK_BYTES, Int8Dense, Int8Embedding, blockwise_matmul,
+                                        block_rows, parameter_bytes, quantize_int8,
+                                        quantize_per_channel)
 from llmos_jax.errors import UserError
 from llmos_jax.models import DecoderLM, EncoderConfig, EncoderDecoderConfig, TransformerConfig
 from llmos_jax.models.encoder_decoder import EncoderDecoderLM
@@ -114,3 +115,25 @@ def test_sharded_quantized_model_equals_unsharded():
     plain = model_spec(lambda rngs: build(rngs, lambda x, a: x), seed=0)
     expected = jax.jit(lambda p: plain.merge(p)(TOKENS))(params)
     np.testing.assert_allclose(run(sharded), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("transpose_q", [False, True])
+def test_blockwise_matmul_equals_the_whole_conversion_with_small_temporaries(transpose_q):
+    rows, cols = 512, 8192  # 16 MiB as float32: 8 blocks of BLOCK_BYTES
+    q = jnp.asarray(np.random.default_rng(0).integers(-127, 128, (rows, cols)), jnp.int8)
+    x = jax.random.normal(jax.random.key(0), (3, cols if transpose_q else rows))
+    whole = x @ (q.astype(jnp.float32).T if transpose_q else q.astype(jnp.float32))
+    blockwise = jax.jit(lambda x, q: blockwise_matmul(x, q, transpose_q=transpose_q))
+    np.testing.assert_allclose(blockwise(x, q), whole, rtol=1e-5, atol=1e-2)
+    # Only one block is converted at a time: the temporaries stay far below the float
+    # copy of the weight (16 MiB) that converting it whole needs.
+    temporaries = blockwise.lower(x, q).compile().memory_analysis().temp_size_in_bytes
+    assert temporaries < 2 * BLOCK_BYTES, temporaries
+
+
+def test_blocks_divide_the_rows_near_block_bytes_and_are_never_tiny():
+    assert block_rows(512, 8192 * 4) == 64
+    assert block_rows(768, 3072 * 4) == 192     # GPT-2 small's MLP in: 4 blocks of 2.4 MB
+    assert block_rows(50257, 768 * 4) == 1733   # its tied output table: 29 x 1733 rows
+    assert block_rows(65, 128 * 4) == 65        # fits one block: converted whole
+    assert block_rows(4099, 4096 * 4) == 4099   # a prime: blocks of one row would crawl

@@ -46,6 +46,23 @@ def test_a_lora_run_exports_merged_weights_and_its_adapters(tmp_path):
     exported = jax.device_get(nnx.to_pure_dict(nnx.state(served.model, nnx.Param)))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), exported, expected)
 
+    # `llmos eval` / `llmos infer` on the training checkpoint (adapters apart from the
+    # base) build the adapters in, restore and merge them: the export's weights again.
+    import gin
+
+    from llmos_jax.cli.run_loading import load_for_inference
+
+    with character_task("lora_chars") as (name, _):
+        try:
+            loaded = load_for_inference([str(tmp_path / "run" / "config.gin")],
+                                        checkpoint=str(tmp_path / "run"), task_name=name,
+                                        split="validation")
+        finally:
+            gin.clear_config()
+    assert loaded.location.params_key is not None  # a training checkpoint, not the export
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+                 jax.device_get(loaded.params), expected)
+
 
 def test_lora_with_scanned_layers_is_refused_with_the_fix():
     from llmos_jax.compression.lora import LoraConfig

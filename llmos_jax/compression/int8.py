@@ -6,17 +6,23 @@ token embedding for an `Int8Embedding`. Each keeps its weight as an int8
 per output channel (`kernel_scale`, `embedding_scale`), so the weights stay
 int8 in device memory and are passed int8 into every compiled program. A
 matmul runs `(x @ int8_kernel.astype(x.dtype)) * scale`: the scale is per
-output channel, so it factors out of the contraction. XLA:CPU materialises
-the converted kernel as a temporary per matmul (measured in
-docs/compression.md: stored bytes drop 3.9x, the decode step's temporaries
-and time do not). Biases, norms, position tables and T5's relative-position
-tables (small) stay float.
+output channel, so it factors out of the contraction. XLA:CPU does not fuse
+the conversion into the matmul: converted whole, each kernel became a float32
+temporary as large as the float model's weight. On CPU the matmul therefore
+runs over blocks of the weight's rows (`blockwise_matmul`), so only one
+block (about `BLOCK_BYTES` of float32) is converted at a time and stays in
+cache: a batch-1 768 x 12288 matmul took 1.4 ms this way against 3.7-8.3 ms
+converted whole and 1.5 ms in float32 (docs/compression.md).
+Biases, norms, position tables and T5's relative-position tables (small)
+stay float.
 
 Rounding `w / scale` with `scale = max|w| / 127` (per output channel) errs by
 at most `scale / 2` per weight.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +33,55 @@ from llmos_jax.models.dense import _LETTERS, Dense
 from llmos_jax.models.embeddings import TokenEmbedding
 
 QMAX = 127
+# Float32 bytes of one converted block of an int8 weight on CPU: small enough to stay in a
+# core's cache, large enough that the per-block loop costs little.
+BLOCK_BYTES = 2 << 20
+MIN_BLOCK_ROWS = 8
+
+
+def block_rows(rows: int, bytes_per_row: int) -> int:
+    """Rows per converted block: the divisor of `rows` whose block is nearest `BLOCK_BYTES`.
+
+    Blocks must divide the rows (they are a free reshape of the weight, which a
+    loop then reads in place); a weight that fits one block, or whose nearest
+    divisor is more than 8x off, is converted whole (`rows`).
+    """
+    if rows * bytes_per_row <= BLOCK_BYTES:
+        return rows
+    divisors = [d for d in range(1, rows) if rows % d == 0]
+    best = min(divisors, key=lambda d: abs(math.log(d * bytes_per_row / BLOCK_BYTES)))
+    off = best * bytes_per_row / BLOCK_BYTES
+    return best if 1 / 8 <= off <= 8 and best >= MIN_BLOCK_ROWS else rows
+
+
+def blockwise_matmul(x: jax.Array, q: jax.Array, *, transpose_q: bool = False) -> jax.Array:
+    """`x @ q.astype(x.dtype)` (`x @ q.T` with `transpose_q`) for 2-D `x` and int8 `q`.
+
+    On CPU, a loop reads q a block of rows at a time and converts and multiplies
+    each block while it is in cache. Without `transpose_q` the blocks split the
+    contraction and are summed; with it (the tied output layer's [vocab, dim]
+    table) they are output columns. Off CPU, or when q is one block, it is the
+    plain expression. (Unrolled slices instead of a loop let XLA convert every
+    block first; a loop over `dynamic_slice`s copied q into the loop's state.)
+    """
+    rows, cols = q.shape
+    block = block_rows(rows, cols * jnp.dtype(x.dtype).itemsize)
+    if jax.default_backend() != "cpu" or block >= rows:
+        w = q.astype(x.dtype)
+        return x @ (w.T if transpose_q else w)
+    q_blocks = q.reshape(rows // block, block, cols)
+    if transpose_q:
+        y = jax.lax.map(lambda q_block: x @ q_block.astype(x.dtype).T, q_blocks)
+        return jnp.moveaxis(y, 0, 1).reshape(x.shape[0], rows)
+    x_blocks = jnp.moveaxis(x.reshape(x.shape[0], rows // block, block), 1, 0)
+
+    def add_block(total, blocks):
+        x_block, q_block = blocks
+        return total + x_block @ q_block.astype(x.dtype), None
+
+    total, _ = jax.lax.scan(add_block, jnp.zeros((x.shape[0], cols), x.dtype),
+                            (x_blocks, q_blocks))
+    return total
 
 
 def quantize_per_channel(weight: jax.Array, reduce_axes: tuple[int, ...]
@@ -57,11 +112,17 @@ class Int8Dense(Dense):
         self.bias = base.bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        n_in, n_out = len(self.in_features), len(self.out_features)
-        contract = _LETTERS[x.ndim - n_in: x.ndim]
-        out = _LETTERS[x.ndim: x.ndim + n_out]
-        y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x,
-                       self.kernel[...].astype(x.dtype))
+        kernel = self.kernel[...]
+        if kernel.ndim > len(self.in_features) + len(self.out_features):  # stacked layers
+            n_in, n_out = len(self.in_features), len(self.out_features)
+            contract = _LETTERS[x.ndim - n_in: x.ndim]
+            out = _LETTERS[x.ndim: x.ndim + n_out]
+            y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x, kernel.astype(x.dtype))
+        else:
+            fan_in, fan_out = math.prod(self.in_features), math.prod(self.out_features)
+            lead = x.shape[:x.ndim - len(self.in_features)]
+            y = blockwise_matmul(x.reshape((-1, fan_in)), kernel.reshape((fan_in, fan_out)))
+            y = y.reshape(lead + tuple(self.out_features))
         y = y * self.kernel_scale[...].astype(x.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
@@ -89,7 +150,9 @@ class Int8Embedding(TokenEmbedding):
         return rows * jnp.take(self.embedding_scale[...], tokens, axis=0)[..., None].astype(dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        logits = jnp.einsum("...d,vd->...v", x, self.embedding[...].astype(x.dtype))
+        table = self.embedding[...]
+        logits = blockwise_matmul(x.reshape((-1, x.shape[-1])), table, transpose_q=True)
+        logits = logits.reshape(x.shape[:-1] + (table.shape[0],))
         return logits * self.embedding_scale[...].astype(x.dtype)
 
 
