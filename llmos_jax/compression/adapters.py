@@ -116,24 +116,23 @@ def load_adapters(directory: str | os.PathLike, params: Mapping[str, Any]) -> An
     path = pathlib.Path(directory) / ADAPTERS_FILE
     if not path.is_file():
         raise UserError(f"{path} does not exist; pass a folder written by save_adapters.")
-    return replace_adapters(params, load_file(str(path)), str(path))
+    also_train = read_lora_config(directory).also_train
+    return replace_adapters(params, load_file(str(path)), str(path), also_train)
 
 
 def replace_adapters(params: Mapping[str, Any], saved: Mapping[str, np.ndarray],
-                     source: str) -> Any:
+                     source: str, also_train: Sequence[str] = ()) -> Any:
     """`params` with its adapter leaves set from `saved` (flat by path), shapes checked.
 
-    Base tensors in `saved` (trained in full under `LoraConfig.also_train`)
-    replace the model's tensor of the same path.
+    Base tensors trained in full (`also_train`, from the folder's
+    lora_config.json) are expected in `saved` too and replace the model's.
 
     Raises:
       UserError: `saved` was made for another base: the first tensor whose path
         or shape differs is named.
     """
     path = source
-    flat = flatten(params)
-    expected = {name: leaf for name, leaf in flat.items()
-                if is_adapter_path(name) or name in saved}
+    expected = adapter_params(params, also_train)
     for name in sorted(set(saved) | set(expected)):
         if name not in expected:
             raise UserError(f"{path} holds adapter tensor {name!r}, which this model does not "

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmos_jax.models import axes
-from llmos_jax.models.dense import _LETTERS, Dense
+from llmos_jax.models.dense import Dense
 from llmos_jax.models.embeddings import TokenEmbedding
 
 QMAX = 127
@@ -48,7 +48,7 @@ def block_rows(rows: int, bytes_per_row: int) -> int:
     """
     if rows * bytes_per_row <= BLOCK_BYTES:
         return rows
-    divisors = [d for d in range(1, rows) if rows % d == 0]
+    divisors = [d for d in range(1, rows) if rows % d == 0] or [rows]
     best = min(divisors, key=lambda d: abs(math.log(d * bytes_per_row / BLOCK_BYTES)))
     off = best * bytes_per_row / BLOCK_BYTES
     return best if 1 / 8 <= off <= 8 and best >= MIN_BLOCK_ROWS else rows
@@ -63,6 +63,8 @@ def blockwise_matmul(x: jax.Array, q: jax.Array, *, transpose_q: bool = False) -
     table) they are output columns. Off CPU, or when q is one block, it is the
     plain expression. (Unrolled slices instead of a loop let XLA convert every
     block first; a loop over `dynamic_slice`s copied q into the loop's state.)
+    On a CPU mesh that shards q's rows the loop would gather q on each device:
+    quantized serving on CPU is meant for one device.
     """
     rows, cols = q.shape
     block = block_rows(rows, cols * jnp.dtype(x.dtype).itemsize)
@@ -75,13 +77,14 @@ def blockwise_matmul(x: jax.Array, q: jax.Array, *, transpose_q: bool = False) -
         return jnp.moveaxis(y, 0, 1).reshape(x.shape[0], rows)
     x_blocks = jnp.moveaxis(x.reshape(x.shape[0], rows // block, block), 1, 0)
 
-    def add_block(total, blocks):
+    def add_block(total, blocks):  # summed in float32 whatever x's dtype, rounded once
         x_block, q_block = blocks
-        return total + x_block @ q_block.astype(x.dtype), None
+        return total + jnp.matmul(x_block, q_block.astype(x.dtype),
+                                  preferred_element_type=jnp.float32), None
 
-    total, _ = jax.lax.scan(add_block, jnp.zeros((x.shape[0], cols), x.dtype),
+    total, _ = jax.lax.scan(add_block, jnp.zeros((x.shape[0], cols), jnp.float32),
                             (x_blocks, q_blocks))
-    return total
+    return total.astype(x.dtype)
 
 
 def quantize_per_channel(weight: jax.Array, reduce_axes: tuple[int, ...]
@@ -112,17 +115,11 @@ class Int8Dense(Dense):
         self.bias = base.bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel[...]
-        if kernel.ndim > len(self.in_features) + len(self.out_features):  # stacked layers
-            n_in, n_out = len(self.in_features), len(self.out_features)
-            contract = _LETTERS[x.ndim - n_in: x.ndim]
-            out = _LETTERS[x.ndim: x.ndim + n_out]
-            y = jnp.einsum(f"...{contract},{contract}{out}->...{out}", x, kernel.astype(x.dtype))
-        else:
-            fan_in, fan_out = math.prod(self.in_features), math.prod(self.out_features)
-            lead = x.shape[:x.ndim - len(self.in_features)]
-            y = blockwise_matmul(x.reshape((-1, fan_in)), kernel.reshape((fan_in, fan_out)))
-            y = y.reshape(lead + tuple(self.out_features))
+        # Under a scanned stack `nnx.scan` hands each layer its own slice of the kernel.
+        fan_in, fan_out = math.prod(self.in_features), math.prod(self.out_features)
+        lead = x.shape[:x.ndim - len(self.in_features)]
+        y = blockwise_matmul(x.reshape((-1, fan_in)), self.kernel[...].reshape((fan_in, fan_out)))
+        y = y.reshape(lead + tuple(self.out_features))
         y = y * self.kernel_scale[...].astype(x.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)

@@ -142,6 +142,13 @@ def _adapter_deltas(name: str, weights: AdapterWeights, modules: Mapping[str, De
         raise UserError(f"adapter {name!r} ({weights.source}) holds no adapter tensors (lora_a / "
                         "lora_b); pass a folder written by `llmos train` with train.lora "
                         "(model_dir/adapters) or by PEFT.")
+    trained_in_full = sorted(t for t in tensors if t.rpartition("/")[2] not in ("lora_a", "lora_b")
+                             and weights.config.also_train)
+    if trained_in_full:
+        raise UserError(
+            f"adapter {name!r} ({weights.source}) also trains base weights in full "
+            f"({trained_in_full[:3]}, LoraConfig.also_train), which requests sharing one batch "
+            "cannot swap per row; serve that run's merged model_dir/export instead.")
     sites: dict[str, dict[str, np.ndarray]] = {}
     for tensor_name in sorted(tensors):
         path, _, kind = tensor_name.rpartition("/")

@@ -18,6 +18,7 @@ one scale we use.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import re
@@ -32,6 +33,8 @@ from llmos_jax.convert.peft_layouts import LoraSite, layout_for
 from llmos_jax.convert.tensor_mapping import LAYER
 from llmos_jax.errors import UserError
 from llmos_jax.models import TransformerConfig
+
+log = logging.getLogger("llmos_jax.convert")
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -60,6 +63,10 @@ def write_peft_adapters(directory: str | os.PathLike, params: Mapping[str, Any],
     from safetensors.numpy import save_file
 
     layout = layout_for(config)
+    if lora.also_train:
+        log.warning("write_peft_adapters writes the adapters only: the parameters trained in "
+                    "full (LoraConfig.also_train=%s) are not written as PEFT modules_to_save; "
+                    "PEFT will keep the base model's (e.g. a fresh head).", list(lora.also_train))
     flat = {path: np.asarray(value, np.float32) for path, value in adapter_params(params).items()}
     rank, tensors, patterns, used, done = lora.rank, {}, {}, set(), set()
     sites = layout.sites(config)
