@@ -27,7 +27,7 @@ peaks measured in the same run.
 
 Ablations undo one of the framework's CPU speed-ups in the JAX worker
 (`--host_allocator=system`, `--jax_scan_unroll=1`, `--jax_attention_grad=autodiff`,
-`--no_donate`, `--jax.dtype=bfloat16`, or `--jax_pythonpath=DIR` for an older
+`--jax_dense=einsum`, `--no_donate`, `--jax.dtype=bfloat16`, or `--jax_pythonpath=DIR` for an older
 exported tree); `--reference=jax` times them against the default JAX step
 instead of PyTorch, alternating, so both see the same background load.
 `--dropout=0.2` turns dropout on in both models. See docs/performance.md.
@@ -223,6 +223,17 @@ def _apply_jax_ablations(args) -> None:
             return attention._softmax_attention_forward(q, k, v, mask, dropout_rate,
                                                         dropout_key)[0]
         attention.softmax_attention = autodiff_attention
+    if args.jax_dense == "einsum":
+        import jax.numpy as jnp
+
+        from llmos_jax.models import dense
+
+        def einsum_project(x, kernel, in_features, out_features):
+            n_in, n_out = len(in_features), len(out_features)
+            contract = dense._LETTERS[x.ndim - n_in: x.ndim]
+            out = dense._LETTERS[x.ndim: x.ndim + n_out]
+            return jnp.einsum(f"...{contract},{contract}{out}->...{out}", x, kernel)
+        dense.project = einsum_project  # trees from before `project` always used the einsum
 
 
 def worker_main(args, jax_overrides) -> int:
@@ -280,7 +291,8 @@ class Worker:
             if getattr(args, flag):
                 command.append(f"--{flag}")
         command += [f"--jax_scan_unroll={args.jax_scan_unroll}",
-                    f"--jax_attention_grad={args.jax_attention_grad}"]
+                    f"--jax_attention_grad={args.jax_attention_grad}",
+                    f"--jax_dense={args.jax_dense}"]
         env = dict(os.environ)
         if kind == "jax" and args.host_allocator == "system":
             env["LLMOS_HOST_ALLOCATOR"] = "system"
@@ -421,6 +433,9 @@ def main(argv=None) -> int:
     parser.add_argument("--jax_attention_grad", choices=["custom", "autodiff"], default="custom",
                         help="autodiff: differentiate the attention formula instead of the "
                         "hand-written backward pass")
+    parser.add_argument("--jax_dense", choices=["matmul", "einsum"], default="matmul",
+                        help="einsum: dense layers as [batch, length, ...] einsums, not the "
+                        "2-D matmul `models.dense.project` uses on CPU")
     parser.add_argument("--no_donate", action="store_true",
                         help="JAX worker: jit the step without donating the old state")
     parser.add_argument("--dropout", type=float, default=0.0,
@@ -457,7 +472,8 @@ def main(argv=None) -> int:
           f"{jax_overrides or 'none'}; ablations: runtime config "
           f"{'off' if args.no_runtime_config else 'on'}, allocator {args.host_allocator}, "
           f"scan unroll {args.jax_scan_unroll or 'default'}, attention grad "
-          f"{args.jax_attention_grad}, donate {not args.no_donate}, dropout {args.dropout}, "
+          f"{args.jax_attention_grad}, dense {args.jax_dense}, donate {not args.no_donate}, "
+          f"dropout {args.dropout}, "
           f"jax code {args.jax_pythonpath or 'this tree'}; reference "
           f"{'the default llmos_jax step (columns labelled torch)' if args.reference == 'jax' else 'torch'}")
     results = [run_setup(name, args, rest) for name in names]

@@ -1,6 +1,7 @@
 """LoRA on all three families: merge parity, adapter-only training, adapter files, bad input."""
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -235,3 +236,24 @@ def test_an_also_train_pattern_that_matches_nothing_is_named():
     with pytest.raises(UserError, match=r"LoraConfig.also_train entry '\^classifier/' matches "
                                         r"no parameter.*final_norm"):
         apply_lora(model, LoraConfig(also_train=["^classifier/"]))
+
+
+def test_adapter_files_must_hold_exactly_the_also_train_tensors(tmp_path):
+    config = LoraConfig(rank=2, alpha=4.0, also_train=[r"^final_norm/"])
+    model = DecoderLM(DECODER, rngs=nnx.Rngs(0))
+    apply_lora(model, config)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    save_adapters(tmp_path / "with_head", params, config)
+    plain = LoraConfig(rank=2, alpha=4.0)
+    save_adapters(tmp_path / "adapters_only", params, plain)
+    # A folder whose config trains the final norm but whose file lacks it (or the reverse)
+    # is refused, naming the tensor, instead of silently keeping a fresh or stale weight.
+    (tmp_path / "adapters_only" / "lora_config.json").write_text(
+        (tmp_path / "with_head" / "lora_config.json").read_text())
+    with pytest.raises(UserError, match=r"lacks adapter tensor 'final_norm/(bias|scale)'"):
+        load_adapters(tmp_path / "adapters_only", params)
+    (tmp_path / "with_head" / "lora_config.json").write_text(
+        json.dumps({**json.loads((tmp_path / "with_head" / "lora_config.json").read_text()),
+                    "also_train": []}))
+    with pytest.raises(UserError, match=r"holds adapter tensor 'final_norm/(bias|scale)'"):
+        load_adapters(tmp_path / "with_head", params)

@@ -136,12 +136,12 @@ def replace_adapters(params: Mapping[str, Any], saved: Mapping[str, np.ndarray],
     for name in sorted(set(saved) | set(expected)):
         if name not in expected:
             raise UserError(f"{path} holds adapter tensor {name!r}, which this model does not "
-                            "have: the adapters were trained for a different base model or "
-                            "target patterns (see lora_config.json).")
+                            "have: the adapters were trained for a different base model, target "
+                            "patterns or also_train (see lora_config.json).")
         if name not in saved:
             raise UserError(f"{path} lacks adapter tensor {name!r} that this model has: the "
-                            "adapters were trained for a different base model or target "
-                            "patterns (see lora_config.json).")
+                            "adapters were trained for a different base model, target "
+                            "patterns or also_train (see lora_config.json).")
         if tuple(saved[name].shape) != tuple(expected[name].shape):
             raise UserError(f"{path}: adapter tensor {name!r} has shape "
                             f"{tuple(saved[name].shape)} but this model's is "
