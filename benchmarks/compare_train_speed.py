@@ -365,6 +365,7 @@ def run_setup(name: str, args, passthrough) -> dict:
     equal = jax_worker.info["params"] == torch_worker.info["params"]
     print(f"[{name}] parameters: llmos_jax {jax_worker.info['params']:,}  "
           f"torch {torch_worker.info['params']:,}  {'(equal)' if equal else '(DIFFERENT!)'}")
+    print(f"[{name}] turns of {args.block} step(s) per side, alternating")
     print(f"[{name}] compile + {args.warmup} warm-up steps: jax "
           f"{jax_worker.info['warmup_seconds']:.1f} s, torch "
           f"{torch_worker.info['warmup_seconds']:.1f} s; torch intra-op threads "
@@ -378,7 +379,10 @@ def run_setup(name: str, args, passthrough) -> dict:
     for i in range(reps):
         for key, worker in (order if i % 2 == 0 else order[::-1]):
             time.sleep(args.gap)
-            times[key].append(1e3 * worker.ask("step"))
+            for b in range(args.block):
+                seconds = worker.ask("step")
+                if b > 0 or args.block == 1:  # a block's first step follows the other side's
+                    times[key].append(1e3 * seconds)
     busy1, ours1 = _busy_jiffies(pids)
     # CPU used by *other* processes while we timed, in cores (0 = we had the machine).
     other_cores = ((busy1 - busy0) - (ours1 - ours0)) / os.sysconf("SC_CLK_TCK") / (
@@ -399,7 +403,7 @@ def run_setup(name: str, args, passthrough) -> dict:
         result[f"{key}_ms"] = statistics.median(times[key])
         result[f"{key}_q"] = _quartiles(times[key])
     result["ratio"] = result["torch_ms"] / result["jax_ms"]
-    print(f"[{name}] median step over {reps} alternating reps: llmos_jax {result['jax_ms']:.2f} ms "
+    print(f"[{name}] median step over {len(times['jax'])} steps ({reps} alternating turns): llmos_jax {result['jax_ms']:.2f} ms "
           f"(IQR {result['jax_q'][0]:.2f}-{result['jax_q'][1]:.2f})  torch "
           f"{result['torch_ms']:.2f} ms (IQR {result['torch_q'][0]:.2f}-"
           f"{result['torch_q'][1]:.2f})  ratio torch/jax {result['ratio']:.3f}  "
@@ -414,6 +418,11 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=0,
                         help="timed steps per framework (default 60 small, 12 large)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--block", type=int, default=1,
+                        help="steps per turn: 1 alternates single steps (each starts right "
+                        "after the other framework's, its threads and caches cold); N > 1 runs "
+                        "N back-to-back steps per turn, as a training loop does, and times "
+                        "all but the first of each turn")
     parser.add_argument("--gap", type=float, default=0.02,
                         help="seconds of pause before each step, so the other worker's threads "
                         "have gone idle")

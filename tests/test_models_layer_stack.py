@@ -141,6 +141,8 @@ def test_unrolling_the_stack_changes_no_output_or_gradient(family, monkeypatch):
     monkeypatch.setattr(layer_stack, "layer_scan_unroll", lambda num_layers: 1)
     assert [unroll for _, unroll, _ in layer_scans(traced(model, run))] == [1] * len(depths)
     rolled = outputs_and_grads(model, run)
-    # Dropout is on (a key is passed), so this also checks each layer's key.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 unrolled, rolled)
+    # Dropout is on (a key is passed), so this also checks each layer's key. Summation order
+    # differs between the two programs, so small entries are held to float32 rounding of the
+    # tensor's largest entry (a wrong key or layer would be off by far more).
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(b).max()))), unrolled, rolled)

@@ -313,9 +313,11 @@ def test_overload_gets_429_with_retry_after_then_drain():
 
 
 def test_ready_is_503_until_warm_up_ends_and_timeouts_are_504():
-    served = tiny_served_model(context=64, seed=5)
+    # The deadline must pass mid-generation on any machine: 511 decode steps take far more
+    # than 20 ms (63 steps once finished in 33 ms, before the old 50 ms deadline).
+    served = tiny_served_model(context=512, seed=5)
     options = EngineOptions(max_slots=2, prefill_chunk=16)
-    api = ApiOptions(request_timeout=0.05)
+    api = ApiOptions(request_timeout=0.02)
     with background_server(served, engine_options=options, api_options=api,
                            wait_ready=False) as running:
         seen = {httpx.get(running.base_url + "/health/ready").status_code}

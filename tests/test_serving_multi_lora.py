@@ -106,13 +106,17 @@ def test_unknown_adapter_and_adapter_for_another_base_are_refused(served, tmp_pa
         with_adapters(_copy(base), {"x": _save(other, tmp_path)})
     with pytest.raises(UserError, match="holds no adapters"):
         with_adapters(_copy(base), {"x": tmp_path / "empty"})
+    with pytest.raises(UserError, match=r"also trains base weights in full.*\['final_norm/"
+                                        r".*serve that run's merged model_dir/export"):
+        with_adapters(_copy(base), {"x": _save(_copy(base), tmp_path / "with_norm",
+                                               also_train=[r"^final_norm/"])})
     with pytest.raises(UserError, match="given twice"):
         parse_adapter_flags(["a=p", "a=q"])
     assert parse_adapter_flags(["a=p", "b=q/r"]) == {"a": "p", "b": "q/r"}
 
 
-def _save(model, folder):
-    lora = LoraConfig(rank=4, target_patterns=[r"attn/query$"])
+def _save(model, folder, also_train=()):
+    lora = LoraConfig(rank=4, target_patterns=[r"attn/query$"], also_train=also_train)
     model = with_unstacked_layers(model)
     apply_lora(model, lora)
     save_adapters(folder, nnx.to_pure_dict(nnx.state(model, nnx.Param)), lora)
