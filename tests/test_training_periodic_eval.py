@@ -132,3 +132,31 @@ def test_periodic_evaluator_refuses_bad_settings():
         PeriodicEvaluator(mode="median")
     with pytest.raises(UserError, match=r"PeriodicEvaluator.every=0 must be positive"):
         PeriodicEvaluator(every=0)
+
+
+def test_a_lora_runs_best_export_holds_merged_weights(tmp_path):
+    """best/ serves like export/: the adapters folded into the base, no lora_* tensors."""
+    from llmos_jax.checkpoints.params_reader import read_our_params
+
+    scripted = [0.5, 0.9]  # the best is the last step, so best/ and export/ hold the same step
+    task = _register(f"periodic_eval_lora_{uuid.uuid4().hex[:8]}", scripted)
+    gin_file = tmp_path / "classifier_lora.gin"
+    gin_file.write_text(GIN + f"train.task_name = {task!r}\n" + """
+train.num_steps = 4
+EncoderConfig.scan_layers = False
+train.lora = @LoraConfig()
+LoraConfig.rank = 2
+LoraConfig.also_train = ['^classifier/']
+make_optimizer.learning_rate = 0.05
+""")
+    try:
+        result = train_from_gin(gin_file, tmp_path / "run")
+    finally:
+        seqio.TaskRegistry.remove(task)
+    assert result.best.step == 4 and not scripted
+    best = read_our_params(str(tmp_path / "run" / "best"))
+    export = read_our_params(str(tmp_path / "run" / "export"))
+    assert not [name for name in best if "lora" in name]
+    assert sorted(best) == sorted(export)
+    for name in best:
+        np.testing.assert_array_equal(best[name], export[name], err_msg=name)

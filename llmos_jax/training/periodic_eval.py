@@ -30,7 +30,7 @@ import logging
 import math
 import pathlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import jax
@@ -174,7 +174,8 @@ class TaskEvaluation:
     def __init__(self, config: PeriodicEvaluator, *, objective: Objective, spec: ModelSpec,
                  layout: Layout, task_name: str, split: str, default_every: int,
                  sequence_length: int | Mapping[str, int], model_dir: pathlib.Path,
-                 write: bool, vocabularies: TaskVocabularies | None = None):
+                 write: bool, vocabularies: TaskVocabularies | None = None,
+                 params_for_export: Callable[[Params], Params] | None = None):
         from llmos_jax.data.tensorflow_host import import_seqio_modules
 
         import_seqio_modules()  # `llmos train` may have parsed gin without them
@@ -188,6 +189,8 @@ class TaskEvaluation:
             raise UserError("train.evaluator is set but train.eval_every=0; set "
                             "PeriodicEvaluator.every to the steps between evaluations.")
         self.config, self._objective, self._spec = config, objective, spec
+        # A LoRA run's best/ holds the merged weights, like its export/.
+        self._params_for_export = params_for_export or (lambda params: params)
         self.task_name = config.task_name or task_name
         self.split = config.split or split
         provider = get_provider(
@@ -253,7 +256,8 @@ class TaskEvaluation:
                   "task_name": self.task_name, "split": self.split, "results": self.results}
         flat = {f"{task}/{metric}": value for task, metrics in self.results.items()
                 for metric, value in metrics.items()}
-        write_export(directory, params, {**meta, "step": step, "best": record},
+        write_export(directory, self._params_for_export(params),
+                     {**meta, "step": step, "best": record},
                      vocabularies=self._vocabularies, metrics=flat)
         self.best = BestExport(step, name, value, directory)
         log.info("step %d is the best so far by %s=%g: exported to %s", step, name, value,

@@ -170,11 +170,14 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
     vocabularies = task_vocabularies_for_export(
         config.task_name, train_data.vocabulary,
         from_task=getattr(train_data, "reads_seqio", True))
+    params_for_export = None if config.lora is None else (
+        lambda params: merged_params(spec, params))
     task_eval = None if config.evaluator is None else TaskEvaluation(
         config.evaluator, objective=objective, spec=spec, layout=layout,
         task_name=config.task_name, split=config.eval_split, default_every=config.eval_every,
         sequence_length=config.sequence_length, model_dir=model_path,
-        write=jax.process_index() == 0, vocabularies=vocabularies)
+        write=jax.process_index() == 0, vocabularies=vocabularies,
+        params_for_export=params_for_export)
     tx = config.optimizer_factory()
     trained = None
     if config.lora is not None:  # the base is frozen and gets no optimizer state
@@ -274,8 +277,7 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
                           meta),
             ExportParams(model_path / "export", meta, vocabularies=vocabularies,
                          metrics=lambda: _export_metrics(heldout, task_eval),
-                         params_for_export=None if config.lora is None else (
-                             lambda params: merged_params(spec, params)))
+                         params_for_export=params_for_export)
             if config.export else None,
             SaveAdapters(model_path / "adapters", config.lora) if config.lora else None,
             sampler, *monitoring.last_hooks]
