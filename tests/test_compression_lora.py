@@ -162,7 +162,7 @@ def test_a_target_pattern_that_matches_nothing_is_named_with_real_paths():
         apply_lora(model, LoraConfig(target_patterns=["q_proj"]))
 
 
-def _decoder_lora_step(config, *, trained):
+def _decoder_lora_step(config, *, trained, microbatches=1):
     """A 1-device LoRA train step on the decoder: (state, jitted step, batch) ."""
     layout = Layout(build_mesh(MeshConfig(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1]),
                     DEFAULT_RULES)
@@ -182,7 +182,7 @@ def _decoder_lora_step(config, *, trained):
     mask = (lambda p: trained_mask(p, config.also_train)) if trained else None
     step = jit_train_step(make_train_step(
         spec, tx, lambda s: current_learning_rate(s.inner_states["adapter"].inner_state),
-        StepConfig(use_dropout=False), layout, trained=mask),
+        StepConfig(use_dropout=False, microbatches=microbatches), layout, trained=mask),
         shardings, {k: 2 for k in batch}, layout)
     return state, step, layout.global_batch(batch)
 
@@ -229,6 +229,42 @@ def test_frozen_weights_get_no_gradient_computation_and_the_same_update():
                                    err_msg=path)
     assert 0 < results[True][1] < results[False][1]
     assert flops[True] < 0.85 * flops[False], flops
+
+
+def _scan_carry_elements(step, state, batch) -> int:
+    """Elements carried by the largest `scan` in the step's jaxpr (the microbatch loop)."""
+    counts = []
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                first = eqn.params["num_consts"]
+                carry = eqn.invars[first:first + eqn.params["num_carry"]]
+                counts.append(sum(int(np.prod(v.aval.shape)) for v in carry))
+            for value in eqn.params.values():  # pjit, scan, remat, custom_vjp bodies
+                inner = getattr(value, "jaxpr", None)
+                if inner is not None:
+                    walk(getattr(inner, "jaxpr", inner))
+
+    walk(jax.make_jaxpr(step)(state, batch).jaxpr)
+    return max(counts)
+
+
+def test_gradient_accumulation_carries_only_what_trains():
+    config = LoraConfig(rank=4, alpha=8.0, also_train=[r"^final_norm/"])
+    state, whole, batch = _decoder_lora_step(config, trained=True)
+    after_whole = _flat(jax.device_get(whole(state, batch)[0].params))
+    state, split, batch = _decoder_lora_step(config, trained=True, microbatches=2)
+    carried = _scan_carry_elements(split, state, batch)
+    after_split = _flat(jax.device_get(split(state, batch)[0].params))
+    trained_elements = sum(x.size for x in adapter_params(state.params,
+                                                          config.also_train).values())
+    total_elements = sum(x.size for x in jax.tree.leaves(state.params))
+    # The accumulator holds the adapters and the final norm (plus the loss sums and one
+    # scalar per frozen tensor), not a float32 copy of the frozen base.
+    assert trained_elements <= carried < trained_elements + 200 < total_elements
+    for path, value in after_whole.items():  # two microbatches: the same update
+        np.testing.assert_allclose(after_split[path], value, rtol=1e-5, atol=1e-6, err_msg=path)
 
 
 def test_an_also_train_pattern_that_matches_nothing_is_named():

@@ -104,7 +104,13 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
             first = jax.tree.map(lambda x: x[0], micro)
             sums_shape = jax.eval_shape(
                 lambda: grads_and_sums(state.params, first, base_key, denominators)[1])
-            zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+            # Frozen parameters' gradients are zero: the accumulator holds a scalar for
+            # each (not a float32 copy of the base) and they are filled in after the scan.
+            accumulated = (jax.tree.map(lambda p: True, state.params) if trained is None
+                           else trained(state.params))
+            zero_grads = jax.tree.map(
+                lambda keep, p: jnp.zeros(p.shape if keep else (), jnp.float32),
+                accumulated, state.params)
             zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
 
             def accumulate(carry, xs):
@@ -112,13 +118,16 @@ def make_train_step(spec: ModelSpec, tx: optax.GradientTransformation,
                 key = None if base_key is None else jax.random.fold_in(base_key, index)
                 g, s = grads_and_sums(state.params, mb, key, denominators)
                 acc_g, acc_s = carry
-                acc_g = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc_g, g)
+                acc_g = jax.tree.map(lambda keep, a, b: a + b.astype(jnp.float32) if keep else a,
+                                     accumulated, acc_g, g)
                 acc_s = {k: acc_s[k] + s[k] for k in acc_s}
                 return (acc_g, acc_s), None
 
             (grads, sums), _ = jax.lax.scan(
                 accumulate, (zero_grads, zero_sums),
                 (jnp.arange(config.microbatches), micro))
+            grads = jax.tree.map(lambda keep, g, p: g if keep else jnp.zeros_like(p),
+                                 accumulated, grads, state.params)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
