@@ -394,7 +394,8 @@ def run_setup(name: str, args, passthrough) -> dict:
             peaks[key].append(worker.ask(f"peak {args.peak_size}"))
     jax_worker.close()
     torch_worker.close()
-    result = dict(setup=name, reps=reps, load_before=load_before, load_after=_loadavg(),
+    result = dict(setup=name, reps=reps, block=args.block, timed_steps=len(times["jax"]),
+                  load_before=load_before, load_after=_loadavg(),
                   other_cores=other_cores,
                   jax_params=jax_worker.info["params"], torch_params=torch_worker.info["params"],
                   flops_per_token=flops_per_token(setup), tokens=setup.batch * setup.context,
@@ -416,7 +417,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setup", choices=["small", "large", "both"], default="both")
     parser.add_argument("--reps", type=int, default=0,
-                        help="timed steps per framework (default 60 small, 12 large)")
+                        help="alternating turns per framework, each of --block steps "
+                        "(default 60 small, 12 large)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--block", type=int, default=1,
                         help="steps per turn: 1 alternates single steps (each starts right "
@@ -458,6 +460,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
+    if args.block < 1:
+        parser.error(f"--block={args.block}: give 1 or more steps per turn")
     bad = [r for r in rest if not (r.startswith("--jax.") and "=" in r)]
     if bad:
         parser.error(f"unrecognised arguments {bad}; TransformerConfig overrides look like "

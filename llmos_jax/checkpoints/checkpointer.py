@@ -52,6 +52,7 @@ from llmos_jax.checkpoints.manifest import (MANIFEST_NAME, Damage, check_manifes
                                             complete_manifest, has_manifest, is_complete,
                                             read_manifest, write_manifest)
 from llmos_jax.errors import UserError
+from llmos_jax.models.param_paths import path_name
 
 log = logging.getLogger("llmos_jax.checkpoints")
 
@@ -116,14 +117,11 @@ def check_writable(model_dir: str | os.PathLike) -> pathlib.Path:
     return path
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
-
 
 def _flatten_shapes(tree) -> dict[str, tuple[int, ...]]:
     leaves = jax.tree_util.tree_flatten_with_path(
         tree, is_leaf=lambda x: hasattr(x, "shape") and not isinstance(x, Mapping))[0]
-    return {_path_str(p): tuple(leaf.shape) for p, leaf in leaves if hasattr(leaf, "shape")}
+    return {path_name(p): tuple(leaf.shape) for p, leaf in leaves if hasattr(leaf, "shape")}
 
 
 def first_shape_mismatch(saved: Mapping[str, tuple[int, ...]],

@@ -18,15 +18,13 @@ from jax.sharding import SingleDeviceSharding
 from llmos_jax.checkpoints.checkpointer import committed_steps, first_shape_mismatch
 from llmos_jax.checkpoints.locations import CheckpointLocation, find_checkpoint
 from llmos_jax.errors import UserError
+from llmos_jax.models.param_paths import path_name
 
-
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
 
 
 def flat_params(tree) -> dict[str, Any]:
     """'/'-joined path -> leaf."""
-    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _host_target(metadata_tree) -> Any:

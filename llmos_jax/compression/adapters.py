@@ -25,6 +25,7 @@ import optax
 
 from llmos_jax.compression.lora import ADAPTER_NAMES, LoraConfig
 from llmos_jax.errors import UserError
+from llmos_jax.models.param_paths import path_name
 
 ADAPTERS_FILE = "adapters.safetensors"
 CONFIG_FILE = "lora_config.json"
@@ -39,7 +40,7 @@ def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
     """{'a/b/c': leaf} from a nested pure dict (list indices become digits)."""
     flat = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        flat["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = leaf
+        flat[path_name(path)] = leaf
     return flat
 
 
@@ -57,7 +58,7 @@ def adapter_params(params: Mapping[str, Any], also_train: Sequence[str] = ()) ->
 def adapter_labels(params: Any, also_train: Sequence[str] = ()) -> Any:
     """`params`' structure with 'adapter' on trained leaves and 'frozen' elsewhere."""
     def label(path, _):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        name = path_name(path)
         return TRAINABLE if is_trained_path(name, also_train) else FROZEN
     return jax.tree_util.tree_map_with_path(label, params)
 
@@ -149,7 +150,7 @@ def replace_adapters(params: Mapping[str, Any], saved: Mapping[str, np.ndarray],
                             "different base model.")
 
     def replace(key_path, leaf):
-        name = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+        name = path_name(key_path)
         return np.asarray(saved[name]).astype(leaf.dtype) if name in saved else leaf
 
     return jax.tree_util.tree_map_with_path(replace, params)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from llmos_jax.models import axes
-from llmos_jax.models.dense import Dense
+from llmos_jax.models.dense import Dense, project
 from llmos_jax.models.embeddings import TokenEmbedding
 
 QMAX = 127
@@ -116,10 +116,14 @@ class Int8Dense(Dense):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # Under a scanned stack `nnx.scan` hands each layer its own slice of the kernel.
-        fan_in, fan_out = math.prod(self.in_features), math.prod(self.out_features)
-        lead = x.shape[:x.ndim - len(self.in_features)]
-        y = blockwise_matmul(x.reshape((-1, fan_in)), self.kernel[...].reshape((fan_in, fan_out)))
-        y = y.reshape(lead + tuple(self.out_features))
+        if jax.default_backend() == "cpu":  # as `project`: 2-D, converted block by block
+            fan_in, fan_out = math.prod(self.in_features), math.prod(self.out_features)
+            lead = x.shape[:x.ndim - len(self.in_features)]
+            y = blockwise_matmul(x.reshape((-1, fan_in)),
+                                 self.kernel[...].reshape((fan_in, fan_out)))
+            y = y.reshape(lead + tuple(self.out_features))
+        else:
+            y = project(x, self.kernel[...].astype(x.dtype), self.in_features, self.out_features)
         y = y * self.kernel_scale[...].astype(x.dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import math
 import re
 from collections.abc import Iterator, Sequence
 
@@ -25,8 +24,9 @@ from flax import nnx
 
 from llmos_jax.errors import UserError
 from llmos_jax.models import axes
-from llmos_jax.models.dense import _LETTERS, Dense
+from llmos_jax.models.dense import _LETTERS, Dense, project
 from llmos_jax.models.dropout import dropout
+from llmos_jax.models.param_paths import path_name
 
 ADAPTER_NAMES = ("lora_a", "lora_b")
 
@@ -108,15 +108,12 @@ class LoraDense(Dense):
         key = _DROPOUT_KEY.get()
         if key is not None and self.dropout > 0.0:
             x = dropout(x, self.dropout, jax.random.fold_in(key, self.site))
-        # Plain 2-D matmuls: with [batch, length, ...] einsums XLA:CPU computed the
-        # gradient of lora_b through a transposing copy of the output gradient,
-        # which took half of a MiniLM LoRA step.
-        fan_in, fan_out = math.prod(self.in_features), math.prod(self.out_features)
-        rows = x.reshape((-1, fan_in))
-        a = self.lora_a[...].astype(x.dtype).reshape((fan_in, -1))
-        b = self.lora_b[...].astype(x.dtype).reshape((-1, fan_out))
-        delta = ((rows @ a) @ b).reshape(x.shape[:x.ndim - len(self.in_features)]
-                                        + tuple(self.out_features))
+        # `project`: 2-D matmuls on CPU (with [batch, length, ...] einsums XLA:CPU
+        # computed lora_b's gradient through a transposing copy of the output gradient,
+        # half of a MiniLM LoRA step), the einsum elsewhere, as for the base kernel.
+        a, b = self.lora_a[...].astype(x.dtype), self.lora_b[...].astype(x.dtype)
+        rank = (a.shape[-1],)
+        delta = project(project(x, a, self.in_features, rank), b, rank, self.out_features)
         return y + delta * jnp.asarray(self.scale, x.dtype)
 
     def merged_kernel(self) -> jax.Array:
@@ -199,7 +196,7 @@ def _check_also_train(model: nnx.Module, also_train: Sequence[str]) -> None:
     if isinstance(also_train, str):
         raise UserError(f"LoraConfig.also_train={also_train!r} is one string; write a list: "
                         f"[{also_train!r}].")
-    paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
+    paths = [path_name(key_path)
              for key_path, _ in jax.tree_util.tree_flatten_with_path(
                  nnx.to_pure_dict(nnx.state(model, nnx.Param)))[0]]
     for pattern in also_train:

@@ -18,6 +18,7 @@ from flax import nnx
 
 from llmos_jax.compression.adapters import save_adapters
 from llmos_jax.compression.lora import LoraConfig, apply_lora, merge_lora
+from llmos_jax.models.config import TransformerConfig
 from llmos_jax.objectives import Objective
 from llmos_jax.objectives.model_building import ModelSpec, model_spec
 from llmos_jax.partitioning import Layout
@@ -26,7 +27,7 @@ from llmos_jax.training.hooks import Schedule, StepContext
 log = logging.getLogger("llmos_jax.train")
 
 
-def lora_model_spec(model_config, objective: Objective, layout: Layout, lora: LoraConfig,
+def lora_model_spec(model_config: TransformerConfig, objective: Objective, layout: Layout, lora: LoraConfig,
                     seed: int) -> ModelSpec:
     """`build_model_spec` with `lora`'s adapters added to the objective's model."""
     sharder = layout.activation_sharder
