@@ -41,10 +41,17 @@ def lora_model_spec(model_config: TransformerConfig, objective: Objective, layou
 
 
 def merged_params(spec: ModelSpec, params: Any) -> Any:
-    """The base's parameter tree with every adapter folded into its kernel (on the host)."""
-    model = spec.merge(jax.device_get(params))
-    merge_lora(model)
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    """The base's parameter tree with every adapter folded into its kernel.
+
+    Merged in a jitted program where the parameters live, so a run sharded over
+    several hosts merges its shards in place (each host then writes its own).
+    """
+    def merge(params):
+        model = spec.merge(params)
+        merge_lora(model)
+        return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+    return jax.jit(merge)(params)
 
 
 class SaveAdapters:
