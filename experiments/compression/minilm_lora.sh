@@ -14,14 +14,7 @@ CONLL_SEEDS=${CONLL_SEEDS:-0}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-timed() {  # timed NAME COMMAND...: runs COMMAND, logging to $OUT/NAME.log
-  local name=$1 log="$OUT/$1.log"
-  shift
-  { echo "# $*"; uptime; } > "$log"
-  /usr/bin/time -f "$name: %e s wall, %U s user, %S s sys, %M KB peak RSS" "$@" >> "$log" 2>&1
-  uptime >> "$log"
-  grep -E "$name: .* wall" "$log"
-}
+source "$(dirname "$0")/timed.sh"
 
 for seed in $SEEDS; do
   timed "ours_sst2_seed$seed" llmos train --gin_file=experiments/minilm_sst2/minilm_sst2_lora.gin \

@@ -24,14 +24,7 @@ SCHEDULE=(--gin.SPM_MODEL="'$VOCAB.model'" --gin.train.num_steps="$STEPS"
           --gin.train.checkpoint_every=$((STEPS / 2)) --gin.train.progress_bar=False)
 GREEDY=(--split=test --gin.DecodeConfig.method="'greedy'")
 
-timed() {  # timed NAME COMMAND...: runs COMMAND, logging to $OUT/NAME.log
-  local name=$1 log="$OUT/$1.log"
-  shift
-  { echo "# $*"; uptime; } > "$log"
-  /usr/bin/time -f "$name: %e s wall, %U s user, %S s sys, %M KB peak RSS" "$@" >> "$log" 2>&1
-  uptime >> "$log"
-  grep -E "$name: .* wall" "$log"
-}
+source "$(dirname "$0")/timed.sh"
 
 [ -f "$VOCAB.model" ] || timed vocab python tools/train_seq2seq_vocab.py \
   --task=multi30k_en_de_spm --vocab_size=8000 --output="$VOCAB"
