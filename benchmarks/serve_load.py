@@ -254,6 +254,22 @@ def machine() -> dict:
             "fp32_matmul_peak_gflops": measure_matmul_peak() / 1e9}
 
 
+def median_runs(runs: list[dict]) -> dict:
+    """Per (server, clients): the median throughput and p99 TTFT over repeated loads.
+
+    Repeats come from naming a concurrency more than once (``--clients=32,32,32``); the
+    order of the servers alternates at each, so neither always goes first.
+    """
+    grouped: dict = {}
+    for run in runs:
+        grouped.setdefault((run["server"], run["clients"]), []).append(run)
+    return {key: {"repeats": len(group),
+                  "output_tokens_per_s": statistics.median(
+                      r["output_tokens_per_s"] for r in group),
+                  "ttft_p99_s": statistics.median(r["ttft_p99_s"] for r in group)}
+            for key, group in grouped.items()}
+
+
 def markdown_table(report: dict) -> str:
     """The runs as a Markdown table, with llmos/transformers ratios at each concurrency."""
     def ms(value):
@@ -275,9 +291,10 @@ def markdown_table(report: dict) -> str:
                     f"{sequential['requests_per_s']:.2f} | {ms(sequential['ttft_p50_s'])} / - | "
                     f"{ms(sequential['itl_p50_s'])} / - | - | - | - | "
                     f"{sequential['peak_rss_mb']:.0f} |")
-    by_key = {(r["server"], r["clients"]): r for r in report["runs"]}
-    ratios = ["", "| clients | tok/s llmos / transformers | TTFT p99 llmos / transformers | "
-              "tok/s llmos / sequential generate |", "|---|---|---|---|"]
+    by_key = median_runs(report["runs"])
+    ratios = ["", "| clients | runs per server | tok/s llmos / transformers (medians) | "
+              "TTFT p99 llmos / transformers (medians) | tok/s llmos / sequential generate |",
+              "|---|---|---|---|---|"]
     for (server, clients), run in sorted(by_key.items(), key=lambda item: item[0][1]):
         peer = by_key.get(("transformers", clients))
         if server != "llmos":
@@ -288,7 +305,7 @@ def markdown_table(report: dict) -> str:
                 if peer and peer["ttft_p99_s"] else "-")
         vs_sequential = (f"{run['output_tokens_per_s'] / sequential['output_tokens_per_s']:.2f}x"
                          if sequential else "-")
-        ratios.append(f"| {clients} | {vs_peer} | {ttft} | {vs_sequential} |")
+        ratios.append(f"| {clients} | {run['repeats']} | {vs_peer} | {ttft} | {vs_sequential} |")
     return "\n".join(rows + ratios) + "\n"
 
 
