@@ -1,21 +1,54 @@
-"""Dropout masks: the integer-threshold draw equals `jax.random.bernoulli`'s, bit for bit."""
+"""Dropout masks: the hashed draws are uniform, independent across keys and neighbours,
+deterministic, and the keep rule is `jax.random.bernoulli`'s."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llmos_jax.models.dropout import dropout, keep_mask, keep_threshold
+from llmos_jax.models.dropout import dropout, hashed_bits, keep_mask, keep_threshold
 
 
-@pytest.mark.parametrize("rate", [0.1, 0.05, 1 / 3, 0.5, 0.9, 1e-8])
-def test_keep_mask_is_bernoullis_mask(rate):
-    for seed in range(3):
-        key = jax.random.fold_in(jax.random.key(seed), 11)
-        for shape in [(257, 33), (2, 3, 4, 5)]:
-            expected = np.asarray(jax.random.bernoulli(key, 1.0 - rate, shape))
-            got = np.asarray(jax.jit(keep_mask, static_argnums=(1, 2))(key, rate, shape))
-            np.testing.assert_array_equal(got, expected)
+def _bits(key, shape):
+    return np.asarray(jax.jit(hashed_bits, static_argnums=1)(key, shape))
+
+
+def test_hashed_bits_are_uniform_in_every_byte():
+    bits = _bits(jax.random.key(0), (512, 1000)).astype(np.uint64).ravel()
+    expected = bits.size / 256
+    for shift in (0, 8, 16, 24):
+        counts = np.bincount(((bits >> shift) & 255).astype(np.int64), minlength=256)
+        chi2 = float(((counts - expected) ** 2 / expected).sum())
+        # 255 degrees of freedom: mean 255, sd ~22.6; 400 is beyond 6 sd.
+        assert chi2 < 400, (shift, chi2)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.9])
+def test_masks_of_neighbours_and_of_other_keys_are_independent(rate):
+    shape = (300, 700)
+    key = jax.random.key(3)
+    masks = [np.asarray(jax.jit(keep_mask, static_argnums=(1, 2))(
+        jax.random.fold_in(key, site), rate, shape)) for site in range(3)]
+    keep = 1.0 - rate
+    tolerance = 5 * np.sqrt(keep * (1 - keep) / masks[0].size)  # 5 sd of a mean
+    for mask in masks:
+        assert abs(mask.mean() - keep) < tolerance
+    both = lambda a, b: (a & b).mean()  # noqa: E731
+    joint_tolerance = 5 * np.sqrt(keep**2 * (1 - keep**2) / masks[0].size)
+    m = masks[0]
+    assert abs(both(m[:, 1:], m[:, :-1]) - keep**2) < joint_tolerance  # along a row
+    assert abs(both(m[1:], m[:-1]) - keep**2) < joint_tolerance  # down a column
+    assert abs(both(masks[0], masks[1]) - keep**2) < joint_tolerance  # other site
+    assert abs(both(masks[1], masks[2]) - keep**2) < joint_tolerance
+
+
+def test_the_same_key_draws_the_same_mask_and_another_seed_another():
+    shape = (64, 96)
+    a = _bits(jax.random.key(7), shape)
+    np.testing.assert_array_equal(a, _bits(jax.random.key(7), shape))
+    assert (a == _bits(jax.random.key(8), shape)).mean() < 0.01
+    raw = jax.random.key_data(jax.random.key(7))  # old-style uint32 keys work too
+    np.testing.assert_array_equal(a, _bits(raw, shape))
 
 
 def test_dropout_keeps_the_expected_fraction_and_rescales():
@@ -25,6 +58,21 @@ def test_dropout_keeps_the_expected_fraction_and_rescales():
     assert abs(kept.mean() - 0.9) < 0.005
     np.testing.assert_allclose(y[kept], 1 / 0.9, rtol=1e-6)
     assert dropout(x, 0.1, None) is x and dropout(x, 0.0, jax.random.key(0)) is x
+
+
+def test_a_sharded_mask_equals_the_unsharded_one():
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = np.array(jax.devices()[:4]).reshape(2, 2)
+    mesh = Mesh(devices, ("data", "model"))
+    shape = (64, 128)
+    key = jax.random.key(5)
+    sharded = jax.jit(lambda k: keep_mask(k, 0.3, shape),
+                      out_shardings=NamedSharding(mesh, PartitionSpec("data", "model")))(key)
+    assert len(sharded.addressable_shards) == 4
+    np.testing.assert_array_equal(np.asarray(sharded),
+                                  np.asarray(jax.jit(keep_mask, static_argnums=(1, 2))(
+                                      key, 0.3, shape)))
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.05, 1 / 3, 0.5, 0.9, 1e-8, 0.0])
