@@ -1,25 +1,49 @@
 """The large setup's llmos_jax step alone, back to back: per-step times and page faults.
 
-Diagnoses the run-to-run spread of `compare_train_speed.py --setup=large` (docs/performance.md,
-"Loop overhead measured; the large setup re-checked"): prints each step's time, the median,
-the minor page faults per steady-state step and the peak RSS.
+Diagnoses the run-to-run spread of `compare_train_speed.py --setup=large`
+(docs/performance.md, "Loop overhead measured; the large setup re-checked"): prints
+each step's time, the median, the minor page faults per steady-state step and the
+process's peak RSS. Run it several times: processes differ.
 
-    NSTEPS=10 python benchmarks/large_step_alone.py
+    python benchmarks/large_step_alone.py --steps=10
 """
-import sys, time, resource
-sys.path.insert(0, "benchmarks")
-from llmos_jax.runtime import configure_host_runtime
-configure_host_runtime()
-import compare_train_speed as c
-setup = c.SETUPS["large"]
-cfg, n, step, holder = c.build_jax(setup, {})
-step(); step()
-import resource as R
-f0=R.getrusage(R.RUSAGE_SELF).ru_minflt
-ts = []
-for i in range(int(__import__("os").environ.get("NSTEPS", "15"))):
-    s = time.perf_counter(); step(); ts.append(time.perf_counter() - s)
-print("faults per step", (R.getrusage(R.RUSAGE_SELF).ru_minflt-f0)/int(__import__("os").environ.get("NSTEPS", "15")))
-print("large jax alone, per step (ms):", [round(t * 1000) for t in ts])
-import statistics; print("median", statistics.median(ts) * 1000, "min", min(ts) * 1000)
-ru = resource.getrusage(resource.RUSAGE_SELF); print("minor faults", ru.ru_minflt, "maxrss MB", ru.ru_maxrss / 1024)
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from llmos_jax.runtime import configure_host_runtime  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=15, help="timed steps after 2 warm-up steps")
+    args = parser.parse_args()
+    configure_host_runtime()
+    import compare_train_speed
+
+    _, _, step, _ = compare_train_speed.build_jax(compare_train_speed.SETUPS["large"], {})
+    step()
+    step()
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print("step ms:", [round(t * 1000) for t in times])
+    print(f"median {statistics.median(times) * 1000:.0f} ms, min {min(times) * 1000:.0f} ms; "
+          f"minor faults per step {(usage.ru_minflt - faults_before) / args.steps:.0f}; "
+          f"peak RSS {usage.ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
