@@ -27,9 +27,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15, help="timed steps after 2 warm-up steps")
     args = parser.parse_args()
     configure_host_runtime()
-    import compare_train_speed
+    from train_step_builders import SETUPS, build_jax
 
-    _, _, step, _ = compare_train_speed.build_jax(compare_train_speed.SETUPS["large"], {})
+    _, _, step, _ = build_jax(SETUPS["large"], {})
     step()
     step()
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
