@@ -200,21 +200,24 @@ def run_measured(command: list[str], cwd: pathlib.Path, log_path: pathlib.Path,
 # ----------------------------------------------------------------------------- logs
 
 
-def llmos_log_figures(model_dir: pathlib.Path, launched_at: float) -> dict:
-    """Median in-loop step time (JSONL intervals after the first) and time to the first log."""
+def llmos_log_figures(model_dir: pathlib.Path, launched_at: float | None = None) -> dict:
+    """Median in-loop step time (JSONL intervals after the first), the last eval loss, and
+    with `launched_at` (the command's start, epoch seconds) the time to the first log."""
     records = [json.loads(line) for line in
                (model_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r.get("split") == "train" and "step_time" in r]
     if not train:
         return {}
     first = train[0]
-    return {"median_step_ms": 1000 * statistics.median(r["step_time"] for r in train[1:])
-            if len(train) > 1 else None,
-            # The first interval starts when the loop does, before the step compiles.
-            "loop_start_after_s": first["time"] - first["step_time"] * first["step"]
-            - launched_at,
-            "final_eval_loss": next((r["loss"] for r in reversed(records)
-                                     if r.get("split") == "eval" and "loss" in r), None)}
+    figures = {"median_step_ms": 1000 * statistics.median(r["step_time"] for r in train[1:])
+               if len(train) > 1 else None,
+               "final_eval_loss": next((r["loss"] for r in reversed(records)
+                                        if r.get("split") == "eval" and "loss" in r), None)}
+    if launched_at is not None:
+        # The first interval starts when the loop does, before the step compiles.
+        figures["loop_start_after_s"] = (first["time"] - first["step_time"] * first["step"]
+                                         - launched_at)
+    return figures
 
 
 def nanogpt_log_figures(log_text: str, eval_every: int) -> dict:

@@ -49,3 +49,5 @@ def test_llmos_log_figures(tmp_path):
     assert figures["median_step_ms"] == 45.0
     assert figures["loop_start_after_s"] == 5.0
     assert figures["final_eval_loss"] == 2.5
+    without_launch = bench.llmos_log_figures(tmp_path)
+    assert without_launch == {"median_step_ms": 45.0, "final_eval_loss": 2.5}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of the MiniLM CoNLL-2003 train step (experiments/compression/README.md, "LoRA step
 # time"): 30-step `llmos train` runs of each VARIANT, printing the median 5-step
-# step_time after the first interval. Variants: full, lora, lora_nodrop. To time another
+# step_time after the first interval (`train_vs_nanogpt.llmos_log_figures`). Variants: full, lora, lora_nodrop. To time another
 # checkout (e.g. the commit before a change), set PYTHONPATH to it: the `llmos` script
 # then imports that llmos_jax.
 #   LLMOS_DATA_DIR=/path/to/data OUT=/tmp/lora_ab bash experiments/compression/lora_step_ab/run.sh lora full
@@ -23,11 +23,8 @@ for variant in "$@"; do
   /usr/bin/time -f "$variant: %e s wall %M KB" llmos train $GIN $COMMON \
     --model_dir="$OUT/$variant" > "$OUT/$variant.log" 2>&1
   tail -1 "$OUT/$variant.log"
-  python - "$OUT/$variant/metrics.jsonl" "$variant" <<'PY'
-import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-times = [r["step_time"] for r in rows if r.get("split") == "train" and "step_time" in r]
-print(sys.argv[2], "step_time per interval", [round(t, 3) for t in times],
-      "median", round(statistics.median(times[1:]), 3))
-PY
+  python -c "import sys, pathlib; sys.path.insert(0, 'benchmarks')
+from train_vs_nanogpt import llmos_log_figures
+print('$variant: median step_time over the 5-step intervals after the first: %.0f ms'
+      % llmos_log_figures(pathlib.Path('$OUT/$variant'))['median_step_ms'])"
 done
