@@ -57,6 +57,8 @@ def hashed_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
     words = key.reshape(-1).astype(jnp.uint32)
+    # The row-major element index, summed from one iota per axis rather than reshaped from
+    # a flat iota, so that a sharded jit computes each shard's indices in place.
     index = jnp.zeros(shape, jnp.uint32)
     stride = 1
     for axis in reversed(range(len(shape))):
