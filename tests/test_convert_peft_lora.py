@@ -1,6 +1,7 @@
 """GPT-2 LoRA adapters move both ways between us and Hugging Face PEFT, with equal logits."""
 
 import os
+import zlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -42,10 +43,15 @@ def ours_logits(model) -> np.ndarray:
 
 
 def randomise_lora_b(model) -> None:
-    """Gives every adapter a seeded non-zero B, so merged adapters change the output."""
-    for index, (_, node) in enumerate(nnx.iter_graph(model)):
+    """Gives every adapter a non-zero B seeded by its path, so merged adapters change the output.
+
+    Seeding by the path (not the position among graph nodes) keeps the draw when a
+    module gains an unrelated attribute.
+    """
+    for path, node in nnx.iter_graph(model):
         if isinstance(node, LoraDense):
-            node.lora_b[...] = 0.3 * np.random.default_rng(index).normal(
+            seed = zlib.crc32("/".join(map(str, path)).encode())
+            node.lora_b[...] = 0.3 * np.random.default_rng(seed).normal(
                 size=node.lora_b.shape).astype(np.float32)
 
 

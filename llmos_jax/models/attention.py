@@ -108,14 +108,17 @@ class SelfAttention(nnx.Module):
 
     `scale_queries=False` drops the 1/sqrt(head_dim) factor (T5 folds it into
     the initialisation instead). `dense` builds the four projections
-    (`llmos_jax.models.builders` chooses it).
+    (`llmos_jax.models.builders` chooses it). `query_block` > 0 runs causal
+    self-attention that many queries at a time (`blocked_causal_attention`).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                  use_bias: bool, init_std: float, out_init_std: float, impl: str,
                  param_dtype: jnp.dtype, rngs: nnx.Rngs, scale_queries: bool = True,
-                 dense: DenseFactory = Dense, qkv_bias: bool | None = None):
+                 dense: DenseFactory = Dense, qkv_bias: bool | None = None,
+                 query_block: int = 0):
         self.scale_queries = scale_queries
+        self.query_block = query_block
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.head_dim = head_dim
@@ -167,7 +170,9 @@ class SelfAttention(nnx.Module):
             y = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale,
                                              implementation="cudnn")
         else:
-            y = self._einsum_attention(q, k, v, mask, dropout_rate, probs_key, bias)
+            query_block = self.query_block if causal and context is None else 0
+            y = self._einsum_attention(q, k, v, mask, dropout_rate, probs_key, bias,
+                                       query_block)
         y = shard(y, head_axes)
         return dropout(self.out(y), dropout_rate, out_key)
 
@@ -260,7 +265,7 @@ class SelfAttention(nnx.Module):
         q = q.reshape(batch, length, self.num_kv_heads, groups, self.head_dim)
         return _grouped_attention(q, k, v, mask, bias, "bksd", 0.0, None)
 
-    def _einsum_attention(self, q, k, v, mask, dropout_rate, key, bias=None):
+    def _einsum_attention(self, q, k, v, mask, dropout_rate, key, bias=None, query_block=0):
         batch, length, _, _ = q.shape
         groups = self.num_heads // self.num_kv_heads
         q = q.reshape(batch, length, self.num_kv_heads, groups, self.head_dim)
@@ -271,7 +276,8 @@ class SelfAttention(nnx.Module):
                 q = q.reshape(batch, length, self.num_heads, self.head_dim)
             elif mask is not None:
                 mask = mask[:, :, None]
-            y = softmax_attention(q, k, v, mask, dropout_rate if key is not None else 0.0, key)
+            y = blocked_causal_attention(q, k, v, mask, dropout_rate if key is not None else 0.0,
+                                         key, query_block)
             return y.reshape(batch, length, self.num_heads, self.head_dim)
         return _grouped_attention(q, k, v, mask, bias, "bskd", dropout_rate, key)
 
@@ -374,3 +380,34 @@ def _softmax_attention_fwd_rule(q, k, v, mask, dropout_rate, dropout_key):
 
 
 softmax_attention.defvjp(_softmax_attention_fwd_rule, _softmax_attention_backward)
+
+
+def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                             dropout_rate: float, dropout_key: jax.Array | None,
+                             block: int) -> jax.Array:
+    """`softmax_attention` of causal self-attention, `block` queries at a time.
+
+    The queries of block i see the keys up to the block's end only, so scores
+    above the diagonal blocks, all masked, are never computed: with n blocks,
+    (n + 1) / 2n of the full product's FLOPs (5/8 at 4), as PyTorch's CPU flash
+    kernel skips them. The GPT-2-style 6 x 384 model at context 256 trains
+    8% faster on CPU with blocks of 64 (docs/performance.md). Outputs equal the
+    unblocked ones up to float round-off (a masked score contributes exactly 0
+    either way); probability dropout draws each block's mask from the key
+    folded with the block's index. `block` <= 0 or >= the length: one block.
+
+    Args:
+      q: Scaled queries [batch, t, heads, head_dim] or grouped [batch, t, kv_heads,
+        groups, head_dim]; k, v [batch, t, kv_heads, head_dim] of the same tokens.
+      mask: The causal (and same-document) mask; its last two axes are [t, t].
+    """
+    length = q.shape[1]
+    if block <= 0 or length <= block:
+        return softmax_attention(q, k, v, mask, dropout_rate, dropout_key)
+    outputs = []
+    for index, start in enumerate(range(0, length, block)):
+        end = min(start + block, length)
+        block_key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
+        outputs.append(softmax_attention(q[:, start:end], k[:, :end], v[:, :end],
+                                         mask[..., start:end, :end], dropout_rate, block_key))
+    return jnp.concatenate(outputs, axis=1)

@@ -51,7 +51,8 @@ def attention_for(config: TransformerConfig, rngs: nnx.Rngs, *,
         use_bias=config.use_bias, init_std=config.init_std,
         out_init_std=residual_init_std(config), impl=config.attention_impl,
         param_dtype=config.storage_dtype, rngs=rngs, scale_queries=scale_queries,
-        dense=dense_layer(config), qkv_bias=config.qkv_bias)
+        dense=dense_layer(config), qkv_bias=config.qkv_bias,
+        query_block=config.attention_query_block)
 
 
 def mlp_for(config: TransformerConfig, rngs: nnx.Rngs) -> Mlp:
