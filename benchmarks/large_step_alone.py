@@ -6,6 +6,7 @@ each step's time, the median, the minor page faults per steady-state step and th
 process's peak RSS. Run it several times: processes differ.
 
     python benchmarks/large_step_alone.py --steps=10
+    python benchmarks/large_step_alone.py --steps=8 --per_step   # faults, RSS, heap per step
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from llmos_jax.runtime import configure_host_runtime  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=15, help="timed steps after 2 warm-up steps")
+    parser.add_argument("--per_step", action="store_true",
+                        help="print each step's minor faults, resident set and glibc heap size")
     args = parser.parse_args()
     configure_host_runtime()
     from train_step_builders import SETUPS, build_jax
@@ -34,15 +37,34 @@ def main() -> None:
     step()
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = []
-    for _ in range(args.steps):
+    for index in range(args.steps):
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
+        if args.per_step:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+            print(f"step {index}: {times[-1] * 1000:.0f} ms, {faults} minor faults, "
+                  f"RSS {_resident_mb()} MB, [heap] {_heap_mb()} MB", flush=True)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print("step ms:", [round(t * 1000) for t in times])
     print(f"median {statistics.median(times) * 1000:.0f} ms, min {min(times) * 1000:.0f} ms; "
           f"minor faults per step {(usage.ru_minflt - faults_before) / args.steps:.0f}; "
           f"peak RSS {usage.ru_maxrss / 1024:.0f} MB")
+
+
+def _resident_mb() -> int:
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+
+
+def _heap_mb() -> int:
+    """Size of the brk heap, where glibc puts XLA's per-step temporaries once tuned."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if line.rstrip().endswith("[heap]"):
+                start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                return (end - start) >> 20
+    return 0
 
 
 if __name__ == "__main__":

@@ -39,7 +39,10 @@ log = logging.getLogger("llmos_jax.runtime")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_INT_MAX = 2**31 - 1
+# mallopt takes an int, glibc stores the trim threshold as a size_t: -1 becomes
+# SIZE_MAX, "never trim". INT_MAX (2 GiB) is not enough: a step whose temporaries
+# are 1.25 GiB can leave more than 2 GiB free at the heap's top (docs/performance.md).
+_NEVER_TRIM = -1
 
 _ENV_ALLOCATOR = "LLMOS_HOST_ALLOCATOR"
 _ENV_COMPILATION_CACHE = "LLMOS_COMPILATION_CACHE"
@@ -68,10 +71,10 @@ def configure_host_allocator() -> bool:
         libc = _glibc()
         if libc is not None:
             # Large blocks come from the heap, not fresh mmaps; freed heap memory
-            # is not returned to the kernel below 2 GiB of free top; and every
+            # is never returned to the kernel (trimming); and every
             # thread shares the main arena (per-thread arenas mmap blocks > 64 MiB).
             applied = all(libc.mallopt(parameter, value) == 1 for parameter, value in (
-                (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX), (_M_ARENA_MAX, 1)))
+                (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _NEVER_TRIM), (_M_ARENA_MAX, 1)))
             log.debug("glibc malloc tuned for XLA:CPU buffer reuse: %s", applied)
     _state["allocator"] = applied
     return applied
