@@ -391,7 +391,7 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
     above the diagonal blocks, all masked, are never computed: with n blocks,
     (n + 1) / 2n of the full product's FLOPs (5/8 at 4), as PyTorch's CPU flash
     kernel skips them. The GPT-2-style 6 x 384 model at context 256 trains
-    8% faster on CPU with blocks of 64 (docs/performance.md). Outputs equal the
+    4-14% faster on CPU with blocks of 64 (docs/performance.md). Outputs equal the
     unblocked ones up to float round-off (a masked score contributes exactly 0
     either way); probability dropout draws each block's mask from the key
     folded with the block's index. `block` <= 0 or >= the length: one block.
