@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from llmos_jax.runtime import configure_host_runtime  # noqa: E402
+from llmos_jax.runtime import configure_host_runtime, heap_mib  # noqa: E402
 
 
 def main() -> None:
@@ -38,14 +38,14 @@ def main() -> None:
     faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     times = []
     for index in range(args.steps):
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        faults_at_start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         started = time.perf_counter()
         step()
         times.append(time.perf_counter() - started)
         if args.per_step:
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_at_start
             print(f"step {index}: {times[-1] * 1000:.0f} ms, {faults} minor faults, "
-                  f"RSS {_resident_mb()} MB, [heap] {_heap_mb()} MB", flush=True)
+                  f"RSS {_resident_mb()} MB, [heap] {heap_mib()} MB", flush=True)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print("step ms:", [round(t * 1000) for t in times])
     print(f"median {statistics.median(times) * 1000:.0f} ms, min {min(times) * 1000:.0f} ms; "
@@ -55,16 +55,6 @@ def main() -> None:
 
 def _resident_mb() -> int:
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
-
-
-def _heap_mb() -> int:
-    """Size of the brk heap, where glibc puts XLA's per-step temporaries once tuned."""
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            if line.rstrip().endswith("[heap]"):
-                start, end = (int(x, 16) for x in line.split()[0].split("-"))
-                return (end - start) >> 20
-    return 0
 
 
 if __name__ == "__main__":

@@ -80,6 +80,23 @@ def configure_host_allocator() -> bool:
     return applied
 
 
+def heap_mib() -> int:
+    """Size of the process's brk heap in MiB (0 without one, or off Linux).
+
+    With `configure_host_allocator` applied, XLA:CPU's per-step temporaries live
+    there, so a heap that keeps growing means steps that fault fresh pages in.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if line.rstrip().endswith("[heap]"):
+                    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                    return (end - start) >> 20
+    except OSError:
+        pass
+    return 0
+
+
 def compilation_cache_dir() -> str | None:
     """Where compiled XLA programs are kept between runs (None: not kept).
 

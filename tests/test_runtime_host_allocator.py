@@ -8,14 +8,7 @@ import textwrap
 # is none of this test's business.
 PROBE = textwrap.dedent("""
     import ctypes, sys
-    from llmos_jax.runtime import configure_host_allocator
-
-    def heap_mib():
-        for line in open("/proc/self/maps"):
-            if line.rstrip().endswith("[heap]"):
-                start, end = (int(x, 16) for x in line.split()[0].split("-"))
-                return (end - start) >> 20
-        return 0
+    from llmos_jax.runtime import configure_host_allocator, heap_mib
 
     tuned = configure_host_allocator() if sys.argv[1] == "tuned" else False
     libc = ctypes.CDLL("libc.so.6")
