@@ -24,6 +24,12 @@ peaks measured in the same run.
     python benchmarks/compare_train_speed.py --setup=small --reps=100
     python benchmarks/compare_train_speed.py --setup=large --reps=20
     python benchmarks/compare_train_speed.py --setup=small --jax.scan_layers=False
+    python benchmarks/compare_train_speed.py --setup=large --reps=6 --block=4 --worker_pairs=5
+
+A fresh pair of worker processes can land a few percent faster or slower than the
+last (the large setup's JAX step has ranged over +-6% between processes: memory
+placement, not code), so `--worker_pairs=N` starts N pairs one after another,
+alternating inside each as above, and reports every pair's ratio and their median.
 
 Ablations undo one of the framework's CPU speed-ups in the JAX worker
 (`--host_allocator=system`, `--jax_scan_unroll=1`, `--jax_attention_grad=autodiff`,
@@ -283,6 +289,15 @@ def run_setup(name: str, args, passthrough) -> dict:
     return result
 
 
+def _pairs_summary(setup: str, runs: list[dict]) -> dict:
+    """The median over worker pairs: each pair's ratio counts once, whatever its spread."""
+    ratios = [r["ratio"] for r in runs]
+    return {"setup": setup, "pairs": len(runs), "ratios": ratios,
+            "median_ratio": statistics.median(ratios),
+            "median_jax_ms": statistics.median(r["jax_ms"] for r in runs),
+            "median_torch_ms": statistics.median(r["torch_ms"] for r in runs)}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--setup", choices=["small", "large", "both"], default="both")
@@ -327,11 +342,16 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", choices=["torch", "jax"], default="torch",
                         help="jax: time the (ablated) JAX step against the default JAX step "
                         "instead of PyTorch; the 'torch' columns then mean that reference")
+    parser.add_argument("--worker_pairs", type=int, default=1,
+                        help="fresh JAX/reference worker pairs per setup, one after another; "
+                        "with more than one, also prints the median of their ratios")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", choices=["jax", "torch"], help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args(argv)
     if args.block < 1:
         parser.error(f"--block={args.block}: give 1 or more steps per turn")
+    if args.worker_pairs < 1:
+        parser.error(f"--worker_pairs={args.worker_pairs}: give 1 or more pairs")
     bad = [r for r in rest if not (r.startswith("--jax.") and "=" in r)]
     if bad:
         parser.error(f"unrecognised arguments {bad}; TransformerConfig overrides look like "
@@ -347,8 +367,11 @@ def main(argv=None) -> int:
         return worker_main(args, jax_overrides)
 
     from llmos_jax.monitoring.flops import mfu
+    from llmos_jax.monitoring.host_cpu import describe_cpu
 
     names = ["small", "large"] if args.setup == "both" else [args.setup]
+    cpu = describe_cpu()
+    print(f"CPU: {cpu.summary()}")
     print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; torch attention="
           f"{args.torch_attention}, AdamW={args.torch_adamw}; jax overrides "
@@ -359,7 +382,7 @@ def main(argv=None) -> int:
           f"dropout {args.dropout}, "
           f"jax code {args.jax_pythonpath or 'this tree'}; reference "
           f"{'the default llmos_jax step (columns labelled torch)' if args.reference == 'jax' else 'torch'}")
-    results = [run_setup(name, args, rest) for name in names]
+    results = [run_setup(name, args, rest) for name in names for _ in range(args.worker_pairs)]
     print()
     print("| setup | params | llmos_jax ms/step | torch ms/step | torch/jax | "
           "llmos_jax MFU | torch MFU |")
@@ -374,13 +397,22 @@ def main(argv=None) -> int:
                                   peak_flops_per_second=peak)
         print(f"| {r['setup']} | {r['jax_params']:,} | {r['jax_ms']:.2f} | {r['torch_ms']:.2f} | "
               f"{r['ratio']:.3f} | {100 * r['jax_mfu']:.1f}% | {100 * r['torch_mfu']:.1f}% |")
+    summaries = [_pairs_summary(name, [r for r in results if r["setup"] == name])
+                 for name in names if args.worker_pairs > 1]
+    for summary in summaries:
+        print(f"[{summary['setup']}] {summary['pairs']} worker pairs: torch/jax per pair "
+              f"{', '.join(f'{x:.3f}' for x in summary['ratios'])}; median "
+              f"{summary['median_ratio']:.3f} (min {min(summary['ratios']):.3f}, max "
+              f"{max(summary['ratios']):.3f}); median ms/step llmos_jax "
+              f"{summary['median_jax_ms']:.2f}, torch {summary['median_torch_ms']:.2f}")
+    print(f"CPU: {cpu.summary()}")
     for r in results:
         print(f"[{r['setup']}] model FLOPs/token {r['flops_per_token'] / 1e6:.2f} M; float32 "
               f"matmul peak ({args.peak_size}^2, best of 3 medians): jax "
               f"{r['jax_peak'] / 1e9:.1f}, torch {r['torch_peak'] / 1e9:.1f} GFLOP/s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump({"cpu": cpu.as_dict(), "runs": results, "pairs": summaries}, f, indent=1)
     return 0
 
 

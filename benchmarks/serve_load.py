@@ -242,15 +242,12 @@ def run_sequential(args) -> dict:
 def machine() -> dict:
     import platform
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
+    from llmos_jax.monitoring.host_cpu import describe_cpu
     from llmos_jax.monitoring.peak_flops import measure_matmul_peak
 
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
-                  if line.startswith("flags")), [])
-    interesting = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "cpu_flags": interesting,
+    cpu = describe_cpu()
+    return {"cpu": cpu.model, "cores": cpu.cpus, "python": platform.python_version(),
+            "cpu_flags": list(cpu.flags),
             "fp32_matmul_peak_gflops": measure_matmul_peak() / 1e9}
 
 

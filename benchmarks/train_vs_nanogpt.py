@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import re
 import shutil
 import statistics
@@ -54,9 +53,9 @@ import tempfile
 import threading
 import time
 
+from llmos_jax.monitoring.host_cpu import describe_cpu
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
-FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
-                     "amx_bf16", "amx_int8")
 SAMPLE_SECONDS = 0.05
 JOB_STEPS = 2000  # the issue's job
 
@@ -86,21 +85,6 @@ def nanogpt_command(out_dir: str, steps: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- machine
-
-
-def cpu_description() -> dict:
-    """CPU model, core count and the instruction-set flags that matter for matmuls."""
-    model, flags = platform.processor() or "unknown", set()
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-        found = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
-        model = found.group(1).strip() if found else model
-        found = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = set(found.group(1).split()) if found else set()
-    except OSError:
-        pass
-    return {"model": model, "cpus": os.cpu_count(),
-            "flags": [flag for flag in FLAGS_OF_INTEREST if flag in flags]}
 
 
 def matmul_peak(size: int = 1024, repeats: int = 10) -> float:
@@ -289,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     nanogpt = pathlib.Path(args.nanogpt_dir).resolve()
     data_dir = pathlib.Path(os.environ.get("LLMOS_DATA_DIR", REPO.parent / "shared" / "data"))
     prepare_nanogpt_data(nanogpt, data_dir)
-    machine = {"cpu": cpu_description(), "matmul_peak_gflops": matmul_peak() / 1e9,
+    machine = {"cpu": describe_cpu().as_dict(), "matmul_peak_gflops": matmul_peak() / 1e9,
                "python": sys.version.split()[0]}
     print(f"CPU: {machine['cpu']['model']}, {machine['cpu']['cpus']} cpus, flags "
           f"{' '.join(machine['cpu']['flags']) or '-'}; fp32 matmul peak "
