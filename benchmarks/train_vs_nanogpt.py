@@ -273,10 +273,10 @@ def main(argv: list[str] | None = None) -> int:
     nanogpt = pathlib.Path(args.nanogpt_dir).resolve()
     data_dir = pathlib.Path(os.environ.get("LLMOS_DATA_DIR", REPO.parent / "shared" / "data"))
     prepare_nanogpt_data(nanogpt, data_dir)
-    machine = {"cpu": describe_cpu().as_dict(), "matmul_peak_gflops": matmul_peak() / 1e9,
+    cpu = describe_cpu()
+    machine = {"cpu": cpu.as_dict(), "matmul_peak_gflops": matmul_peak() / 1e9,
                "python": sys.version.split()[0]}
-    print(f"CPU: {machine['cpu']['model']}, {machine['cpu']['cpus']} cpus, flags "
-          f"{' '.join(machine['cpu']['flags']) or '-'}; fp32 matmul peak "
+    print(f"CPU: {cpu.summary()}; fp32 matmul peak "
           f"{machine['matmul_peak_gflops']:.1f} GFLOP/s (numpy 1024^2)", flush=True)
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="train_vs_nanogpt_"))

@@ -32,28 +32,24 @@ T5_LIKE = EncoderDecoderConfig(vocab_size=40, num_layers=2, embed_dim=32, num_he
                                relative_max_distance=16)
 
 
-def _init(objective, config, compiler_options):
+def _init(monkeypatch, objective, config, compiler_options):
     layout = Layout.build(MeshConfig(data=2, fsdp=4, tensor=1))
     spec = model_spec(lambda rngs: objective.build_model(
         config, rngs=rngs, shard=layout.activation_sharder), seed=3)
     tx = make_optimizer(name="adamw", learning_rate=1e-3, weight_decay=0.1, grad_clip_norm=1.0)
     shardings = train_state.state_shardings(spec, tx, layout)
-    original = train_state.init_compiler_options
-    train_state.init_compiler_options = lambda: compiler_options
-    try:
-        state = train_state.init_train_state(spec, tx, shardings)
-    finally:
-        train_state.init_compiler_options = original
-    return state, shardings
+    monkeypatch.setattr(train_state, "init_compiler_options", lambda: compiler_options)
+    return train_state.init_train_state(spec, tx, shardings), shardings
 
 
 @pytest.mark.parametrize("objective, config", [
     (CausalLm(), GPT2_LIKE), (CausalLm(), LLAMA_LIKE),
     (SequenceClassification(num_classes=3), BERT_LIKE), (Seq2Seq(), T5_LIKE)],
     ids=["gpt2", "llama", "bert", "t5"])
-def test_o1_initialiser_is_bit_identical_to_the_default_compile(objective, config):
-    fast, shardings = _init(objective, config, train_state.CPU_INIT_COMPILER_OPTIONS)
-    default, _ = _init(objective, config, None)
+def test_o1_initialiser_is_bit_identical_to_the_default_compile(monkeypatch, objective, config):
+    fast, shardings = _init(monkeypatch, objective, config,
+                            train_state.CPU_INIT_COMPILER_OPTIONS)
+    default, _ = _init(monkeypatch, objective, config, None)
     fast_leaves = jax.tree.leaves(jax.device_get(fast))
     default_leaves = jax.tree.leaves(jax.device_get(default))
     assert len(fast_leaves) == len(default_leaves) > 10
