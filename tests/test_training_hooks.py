@@ -36,6 +36,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    from llmos_jax import runtime
     from llmos_jax.cli.gin_config import parse_gin
     from llmos_jax.training.train_config import TrainConfig
     from llmos_jax.training.trainer import train
@@ -48,6 +49,15 @@ def run(tmp_path_factory):
     log = []
     every_step = Recorder("every_step", Schedule(every=1), log)
     every_four = Recorder("every_four", Schedule(every=4), log)
+    # Spies on the loop's heap-fragment retirement: after which step it ran.
+    every_step.retired_after = []
+    real_retire = runtime.retire_heap_fragments
+
+    def retire_spy(*args, **kwargs):
+        every_step.retired_after.append(log[-1][1])
+        return real_retire(*args, **kwargs)
+
+    runtime.retire_heap_fragments = retire_spy
     try:
         parse_gin([str(TINY_GIN)], [f"register_text_file_task.path = {str(corpus)!r}",
                                     "train.num_steps = 6", "train.log_every = 2",
@@ -56,6 +66,7 @@ def run(tmp_path_factory):
         config = dataclasses.replace(TrainConfig.from_gin(), hooks=(every_step,))
         result = train(model_dir=str(root / "run"), config=config, hooks=(every_four,))
     finally:
+        runtime.retire_heap_fragments = real_retire
         gin.clear_config()
     return result, every_step, every_four, log, root / "run"
 
@@ -114,3 +125,12 @@ def test_throughput_after_a_save_counts_only_the_steps_timed():
     elapsed = time.perf_counter() - started
     assert tokens_per_second == pytest.approx(500 / elapsed, rel=0.2)
     assert seconds_per_step == pytest.approx(elapsed / 5, rel=0.2)
+
+
+
+def test_the_loop_retires_heap_fragments_after_the_step_that_compiled(run):
+    _, every_step, _, _, _ = run
+    # Step 1 compiled the train step and step 3's first checkpoint its small copy
+    # programs; no other step compiled anything, and after the last one nothing is
+    # left to speed up (runtime.retire_heap_fragments).
+    assert every_step.retired_after == [1, 3]

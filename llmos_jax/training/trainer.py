@@ -284,8 +284,12 @@ def train(*, model_dir: str, config: TrainConfig | None = None,
         all_hooks = tuple(hook for hook in standard if hook is not None) + (
             *config.hooks, *hooks)
 
+        compiles = None
+        if layout.mesh.devices.flat[0].platform == "cpu":
+            compiles = runtime.CompileWatch()
+            cleanup.callback(compiles.close)
         context = _loop(train_step, state, fetch, start_step, end_step, all_hooks, stop,
-                        Throughput(config.tokens_per_step), prefetch)
+                        Throughput(config.tokens_per_step), prefetch, compiles)
         context.finished = context.step >= config.num_steps and not context.stopping
         for hook in all_hooks:
             hook.on_end(context)
@@ -313,12 +317,16 @@ def _export_metrics(heldout: HeldoutEvaluation | None,
 
 def _loop(train_step, state: TrainState, fetch, start_step: int, end_step: int,
           hooks: tuple[TrainHook, ...], stop: StopSignal, throughput: Throughput,
-          prefetch: concurrent.futures.Executor) -> StepContext:
+          prefetch: concurrent.futures.Executor,
+          compiles: runtime.CompileWatch | None = None) -> StepContext:
     """Steps from `start_step` to `end_step`, calling the due hooks after each step.
 
     The next batch is read and placed on a background thread while the
-    device runs the current step. Returns the last step's context (`stopping`
-    set when a SIGTERM ended the loop early).
+    device runs the current step. After a step or hook that compiled (the
+    first step, a first evaluation), the compiler's leftover heap fragments
+    are retired so that the steps still to come do not pay for them
+    (`compiles`, on CPU; see `runtime.retire_heap_fragments`). Returns the last step's context
+    (`stopping` set when a SIGTERM ended the loop early).
     """
     context = StepContext(step=start_step, state=state, metrics=None, last=True,
                           stopping=False, throughput=throughput)
@@ -335,6 +343,8 @@ def _loop(train_step, state: TrainState, fetch, start_step: int, end_step: int,
         context = StepContext(step=step, state=state, metrics=metrics, last=step == end_step,
                               stopping=stop.requested, throughput=throughput)
         run_due(hooks, context)
+        if compiles is not None and compiles.compiled_since_last() and not context.last:
+            runtime.retire_heap_fragments()
         if context.stopping:
             log.warning("%s: saved step %d, exiting", stop.reason, step)
             break
