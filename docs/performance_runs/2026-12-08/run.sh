@@ -1,0 +1,14 @@
+#!/bin/bash
+# Session of 2026-12-07/08 night (from ~23:40 UTC). Repository root, venv active, machine otherwise idle.
+# A first run (empty compilation cache, --cold) and a repeated run of the whole command against nanoGPT,
+# after the compiler's heap fragments are retired (llmos_jax.runtime.retire_heap_fragments).
+set -x
+OUT=docs/performance_runs/2026-12-08
+lscpu > $OUT/cpu.txt
+LLMOS_DATA_DIR=/work/shared/data python benchmarks/train_vs_nanogpt.py /tmp/nanogpt --repeats=3 --cold \
+  --output=$OUT/vs_nanogpt_cold.json > $OUT/vs_nanogpt_cold.log 2>&1
+LLMOS_DATA_DIR=/work/shared/data python benchmarks/train_vs_nanogpt.py /tmp/nanogpt --repeats=1 \
+  --output=$OUT/vs_nanogpt_warm.json > $OUT/vs_nanogpt_warm.log 2>&1
+# The step alone: compiled in the process, compiled then fragments retired, loaded from the cache.
+python benchmarks/compiled_step_heap.py --pairs=3 --output=$OUT/compiled_step_heap.json \
+  > $OUT/compiled_step_heap.log 2>&1
