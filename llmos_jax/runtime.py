@@ -173,8 +173,9 @@ def retire_heap_fragments(max_chunk_bytes: int = 1 << 20, max_rounds: int = 8,
 
     Call it between steps after XLA compiled something (see `CompileWatch`).
     Later mallocs then no longer search the compiler's leftover free chunks:
-    a small train step compiled in the process went from 38-44 ms back to the
-    34-36 ms of one loaded from the compilation cache (docs/performance.md).
+    a small train step compiled in the process went from 42.0 to 39.1 ms
+    (median of 3 processes), against 39.5 ms loaded from the compilation
+    cache (`benchmarks/compiled_step_heap.py`, docs/performance.md).
     The whole pages inside each retired chunk go back to the kernel
     (`madvise`), so resident memory drops; only address space stays taken.
     Larger free chunks (a step's temporaries, reused every step) are left
