@@ -101,7 +101,10 @@ def main(argv=None) -> int:
                 print(f"round {pair + 1} {kind:17s} median step {sample['median_step_ms']:.1f} ms,"
                       f" free chunks {sample['free_chunks_before']} -> "
                       f"{sample['free_chunks_after']}, voluntary switches "
-                      f"{sample['voluntary_switches']}, resident {sample['resident_mb']:.0f} MB",
+                      f"{sample['voluntary_switches']}, resident {sample['resident_mb']:.0f} MB"
+                      + (f", retired {sample['retired']['chunks']} blocks in "
+                         f"{sample['retired']['rounds']} rounds, "
+                         f"{sample['retired']['seconds']:.2f} s" if sample["retired"] else ""),
                       flush=True)
     for kind in KINDS:
         steps = [s["median_step_ms"] for s in samples[kind]]

@@ -21,9 +21,9 @@ at its peak), which is what a training process wants anyway.
 
 Set `LLMOS_HOST_ALLOCATOR=system` to leave malloc alone.
 
-With one arena there is a second cost: compiling an XLA program leaves tens of
-thousands of small free chunks (mostly 1-64 KiB) between the blocks the
-compiler keeps, and every later malloc of XLA:CPU's worker threads searches
+With one arena there is a second cost: compiling the small train step leaves
+some 17,000 free chunks (mostly 1-64 KiB) between the blocks the compiler
+keeps, and every later malloc of XLA:CPU's worker threads searches
 them under the arena's lock (glibc keeps chunks of that size in best-fit lists
 sorted by size). A process that compiled its train step ran it 10% slower than
 one that loaded it from the compilation cache. `retire_heap_fragments()`
@@ -38,10 +38,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
 import re
+import time
 from dataclasses import dataclass
 
 log = logging.getLogger("llmos_jax.runtime")
@@ -91,41 +93,59 @@ def configure_host_allocator() -> bool:
     return applied
 
 
+def _brk_heap() -> tuple[int, int] | None:
+    """(start, end) address of the process's brk heap, glibc's main arena; None without one."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                if line.rstrip().endswith("[heap]"):
+                    start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                    return start, end
+    except OSError:
+        pass
+    return None
+
+
 def heap_mib() -> int:
     """Size of the process's brk heap in MiB (0 without one, or off Linux).
 
     With `configure_host_allocator` applied, XLA:CPU's per-step temporaries live
     there, so a heap that keeps growing means steps that fault fresh pages in.
     """
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                if line.rstrip().endswith("[heap]"):
-                    start, end = (int(x, 16) for x in line.split()[0].split("-"))
-                    return (end - start) >> 20
-    except OSError:
-        pass
-    return 0
+    heap = _brk_heap()
+    return 0 if heap is None else (heap[1] - heap[0]) >> 20
 
 
 _MADV_DONTNEED = 4
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-# malloc_info's <size from=".." to=".." total=".." count=".."/> rows of one arena.
-_FREE_ROW = re.compile(r'<size from="(\d+)" to="(\d+)" total="\d+" count="(\d+)"/>')
+# malloc_info's <size|unsorted from=".." to=".." total=".." count=".."/> rows of one arena.
+_FREE_ROW = re.compile(
+    r'<(?:size|unsorted) from="(\d+)" to="(\d+)" total="(\d+)" count="(\d+)"/>')
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 
 @dataclass(frozen=True)
 class RetiredFragments:
-    """What `retire_heap_fragments` did: chunks taken, their pages released, rounds."""
+    """What `retire_heap_fragments` did.
+
+    Attributes:
+      chunks: Blocks allocated and kept for good.
+      released_mib: Whole pages inside them handed back to the kernel.
+      left: Free chunks under the size limit still in the main arena afterwards
+        (a step running meanwhile frees some of its own).
+      rounds: Passes over malloc's lists (taking a chunk can split a larger one).
+      seconds: Wall time taken.
+    """
 
     chunks: int
     released_mib: float
     left: int
     rounds: int
+    seconds: float
 
 
-def _heap_libc():
+@functools.cache
+def _heap_libc() -> ctypes.CDLL | None:
     """glibc with the signatures of the calls below, or None off glibc."""
     libc = _glibc()
     if libc is not None:
@@ -139,8 +159,9 @@ def _heap_libc():
     return libc
 
 
-def _main_arena_free_rows(libc) -> list[tuple[int, int, int]]:
-    """(smallest, largest chunk size, count) of each list of free chunks in the main arena."""
+def _main_arena_free_rows(libc: ctypes.CDLL,
+                          max_chunk_bytes: int) -> list[tuple[int, int, int]]:
+    """(chunk size to ask for, count, bytes) of each main-arena free list under the limit."""
     buffer, size = ctypes.c_char_p(), ctypes.c_size_t()
     stream = libc.open_memstream(ctypes.byref(buffer), ctypes.byref(size))
     if not stream:
@@ -154,22 +175,27 @@ def _main_arena_free_rows(libc) -> list[tuple[int, int, int]]:
     finally:
         libc.free(buffer)
     main = xml.split('<heap nr="0">', 1)[-1].split("</heap>", 1)[0]
-    # Sizes are multiples of 16; malloc_info reports some with a flag bit set.
-    return [(int(lo) & ~15, int(hi) & ~15, int(count))
-            for lo, hi, count in _FREE_ROW.findall(main)]
+    rows = []
+    for lo, hi, total, count in _FREE_ROW.findall(main):
+        lo, hi, total, count = int(lo), int(hi), int(total), int(count)
+        if not count or hi >= max_chunk_bytes:
+            continue
+        # Fast bins print (size - 15, size); the other lists their smallest and
+        # largest chunk, with the "previous in use" bit set on some sizes.
+        rows.append((hi if hi % 16 == 0 else lo & ~15, count, total))
+    return rows
 
 
 def free_chunk_count(max_chunk_bytes: int = 1 << 20) -> int:
     """Free chunks smaller than `max_chunk_bytes` in glibc's main arena (0 off glibc)."""
     libc = _heap_libc()
-    if libc is None:
-        return 0
-    return sum(count for _, hi, count in _main_arena_free_rows(libc) if hi < max_chunk_bytes)
+    return 0 if libc is None else sum(
+        count for _, count, _ in _main_arena_free_rows(libc, max_chunk_bytes))
 
 
-def retire_heap_fragments(max_chunk_bytes: int = 1 << 20, max_rounds: int = 8,
-                          max_chunks: int = 250_000) -> RetiredFragments | None:
-    """Allocates, once and for good, every free main-arena chunk under `max_chunk_bytes`.
+def retire_heap_fragments(max_chunk_bytes: int = 1 << 20,
+                          max_rounds: int = 8) -> RetiredFragments | None:
+    """Allocates, once and for good, the free main-arena chunks under `max_chunk_bytes`.
 
     Call it between steps after XLA compiled something (see `CompileWatch`).
     Later mallocs then no longer search the compiler's leftover free chunks:
@@ -177,44 +203,60 @@ def retire_heap_fragments(max_chunk_bytes: int = 1 << 20, max_rounds: int = 8,
     (median of 3 processes), against 39.5 ms loaded from the compilation
     cache (`benchmarks/compiled_step_heap.py`, docs/performance.md).
     The whole pages inside each retired chunk go back to the kernel
-    (`madvise`), so resident memory drops; only address space stays taken.
-    Larger free chunks (a step's temporaries, reused every step) are left
-    alone; a step's own small chunks are simply allocated afresh on its next
-    run. Takes about 0.1 s; stops after `max_chunks` chunks (~2 us each).
+    (`madvise`), so resident memory drops; only address space stays taken
+    (at most twice the retired chunks' size). Larger free chunks (a step's
+    temporaries, reused every step) are left alone; a step's own small
+    chunks are simply allocated afresh on its next run.
+
+    Taking a chunk can split a larger one, whose remainder shows up in the
+    next round: rounds repeat until under 1% of the chunks are left, at most
+    `max_rounds` (measured: 8 rounds, ~33,000 blocks for ~17,000 fragments).
 
     Returns None (and does nothing) unless `configure_host_allocator` tuned
-    glibc: with several arenas, or glibc's defaults, there is no such cost.
+    glibc, or when this thread's mallocs do not come from the main arena
+    (the allocator was tuned after threads had their own arenas).
     """
     libc = _heap_libc() if _state["allocator"] else None
-    if libc is None:
+    heap = _brk_heap()
+    if libc is None or heap is None:
         return None
-    chunks, released, rounds = 0, 0, 0
-    for rounds in range(1, max_rounds + 1):
-        # Taking a chunk can split a larger one: the remainders show up next round.
-        rows = [(lo, count) for lo, hi, count in _main_arena_free_rows(libc)
-                if hi < max_chunk_bytes and count]
-        if not rows or chunks >= max_chunks:
-            break
-        for chunk_size, count in rows:
+    started = time.perf_counter()
+    probe = libc.malloc(64)
+    in_main_arena = probe is not None and heap[0] <= probe < heap[1]
+    libc.free(probe)
+    if not in_main_arena:
+        return None
+    rows = _main_arena_free_rows(libc, max_chunk_bytes)
+    budget = 2 * sum(total for _, _, total in rows)  # bytes: splits cost at most as much again
+    first_count = left = sum(count for _, count, _ in rows)
+    chunks, released, taken, rounds = 0, 0, 0, 0
+    while rows and rounds < max_rounds and taken < budget:
+        rounds += 1
+        for chunk_size, count, _ in rows:
             request = max(chunk_size - 8, 1)  # malloc adds its 8-byte header
-            for _ in range(min(count, max_chunks - chunks)):
+            for _ in range(count):
                 block = libc.malloc(request)
                 if not block:
                     break
                 chunks += 1
+                taken += chunk_size
                 start = -(-block // _PAGE) * _PAGE
                 end = (block + libc.malloc_usable_size(block)) // _PAGE * _PAGE
                 if end > start:
                     libc.madvise(start, end - start, _MADV_DONTNEED)
                     released += end - start
-    report = RetiredFragments(chunks, released / 2**20, free_chunk_count(max_chunk_bytes),
-                              rounds)
+        rows = _main_arena_free_rows(libc, max_chunk_bytes)
+        left = sum(count for _, count, _ in rows)
+        if left <= max(64, first_count // 100):  # the rest is a running step's churn
+            break
+    report = RetiredFragments(chunks, released / 2**20, left, rounds,
+                              time.perf_counter() - started)
     log.debug("retired heap fragments: %s", report)
     return report
 
 
 class CompileWatch:
-    """Counts XLA compilations (and compilation-cache loads) since it was last asked.
+    """Notices XLA compilations (and compilation-cache loads) between two questions.
 
     A training loop asks `compiled_since_last()` between steps and calls
     `retire_heap_fragments()` when it says yes; `close()` stops listening.
@@ -224,18 +266,22 @@ class CompileWatch:
         from jax import monitoring
 
         self._monitoring = monitoring
-        self._count = 0
+        self._compiles = 0  # only ever incremented (from any thread)
+        self._seen = 0
         monitoring.register_event_duration_secs_listener(self._on_event)
 
-    def _on_event(self, event: str, duration: float, **_) -> None:
+    def _on_event(self, event: str, duration: float, **_: object) -> None:
         if event == _BACKEND_COMPILE_EVENT:
-            self._count += 1
+            self._compiles += 1
 
     def compiled_since_last(self) -> bool:
-        seen, self._count = self._count, 0
-        return seen > 0
+        """True when something compiled (or loaded) since the previous call."""
+        compiles = self._compiles
+        seen, self._seen = self._seen, compiles
+        return compiles != seen
 
     def close(self) -> None:
+        """Stops listening; idempotent."""
         try:
             self._monitoring.unregister_event_duration_listener(self._on_event)
         except (AssertionError, ValueError):  # already unregistered

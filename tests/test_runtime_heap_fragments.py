@@ -13,12 +13,13 @@ from llmos_jax import runtime
 # A fresh process: malloc settings are per process. Like XLA's compiler, it leaves
 # thousands of free 1-32 KiB chunks between 64-byte blocks that stay in use.
 PROBE = textwrap.dedent("""
-    import ctypes, json, random, sys
+    import ctypes, json, os, random, sys
     from llmos_jax import runtime
 
     tuned = runtime.configure_host_allocator() if sys.argv[1] == "tuned" else False
     libc = runtime._heap_libc()
-    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    page = os.sysconf("SC_PAGE_SIZE")
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page / 2**20
     random.seed(0)
     kept, freed = [], []
     for i in range(12000):
@@ -70,15 +71,16 @@ def test_nothing_is_retired_unless_the_allocator_was_tuned():
 
 
 def test_compile_watch_sees_a_compile_and_not_a_cached_call():
+    inputs = jnp.ones(5).block_until_ready()  # made (and compiled) before watching
+    add_three = jax.jit(lambda x: x * 3.0 + 17.0)
     watch = runtime.CompileWatch()
     try:
         assert not watch.compiled_since_last()
-        add_three = jax.jit(lambda x: x * 3.0 + 17.0)
-        add_three(jnp.ones(5)).block_until_ready()
+        add_three(inputs).block_until_ready()
         assert watch.compiled_since_last()
-        add_three(jnp.ones(5)).block_until_ready()  # already compiled
+        add_three(inputs).block_until_ready()  # already compiled
         assert not watch.compiled_since_last()
     finally:
         watch.close()
-    jax.jit(lambda x: x - 11.0)(jnp.ones(3)).block_until_ready()
+    jax.jit(lambda x: x - 11.0)(inputs).block_until_ready()
     assert not watch.compiled_since_last()  # closed: no longer listening

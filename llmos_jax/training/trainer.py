@@ -343,7 +343,8 @@ def _loop(train_step, state: TrainState, fetch, start_step: int, end_step: int,
         context = StepContext(step=step, state=state, metrics=metrics, last=step == end_step,
                               stopping=stop.requested, throughput=throughput)
         run_due(hooks, context)
-        if compiles is not None and compiles.compiled_since_last() and not context.last:
+        if (compiles is not None and compiles.compiled_since_last() and not context.last
+                and not context.stopping):
             runtime.retire_heap_fragments()
         if context.stopping:
             log.warning("%s: saved step %d, exiting", stop.reason, step)
