@@ -12,3 +12,8 @@ LLMOS_DATA_DIR=/work/shared/data python benchmarks/train_vs_nanogpt.py /tmp/nano
 # The step alone: compiled in the process, compiled then fragments retired, loaded from the cache.
 python benchmarks/compiled_step_heap.py --pairs=3 --output=$OUT/compiled_step_heap.json \
   > $OUT/compiled_step_heap.log 2>&1
+# This change alone: first runs of the whole job from the tree before it (513eb31, a git worktree
+# at /tmp/old_tree) and after it, alternating.
+for i in 1 2 3; do
+  bash $OUT/ab_cold.sh /tmp/old_tree before; bash $OUT/ab_cold.sh $PWD after
+done > $OUT/ab_cold.log 2>&1
