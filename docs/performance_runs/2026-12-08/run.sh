@@ -1,5 +1,5 @@
 #!/bin/bash
-# Session of 2026-12-07/08 night (from ~23:40 UTC). Repository root, venv active, machine otherwise idle.
+# Session of 2026-12-07 night (22:15-23:53 UTC). Repository root, venv active, machine otherwise idle.
 # A first run (empty compilation cache, --cold) and a repeated run of the whole command against nanoGPT,
 # after the compiler's heap fragments are retired (llmos_jax.runtime.retire_heap_fragments).
 set -x
