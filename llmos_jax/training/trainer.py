@@ -325,8 +325,8 @@ def _loop(train_step, state: TrainState, fetch, start_step: int, end_step: int,
     device runs the current step. After a step or hook that compiled (the
     first step, a first evaluation), the compiler's leftover heap fragments
     are retired so that the steps still to come do not pay for them
-    (`compiles`, on CPU; see `runtime.retire_heap_fragments`). Returns the last step's context
-    (`stopping` set when a SIGTERM ended the loop early).
+    (`compiles`, on CPU; see `runtime.retire_heap_fragments`). Returns the
+    last step's context (`stopping` set when a SIGTERM ended the loop early).
     """
     context = StepContext(step=start_step, state=state, metrics=None, last=True,
                           stopping=False, throughput=throughput)
