@@ -17,3 +17,10 @@ python benchmarks/compiled_step_heap.py --pairs=3 --output=$OUT/compiled_step_he
 for i in 1 2 3; do
   bash $OUT/ab_cold.sh /tmp/old_tree before; bash $OUT/ab_cold.sh $PWD after
 done > $OUT/ab_cold.log 2>&1
+# With the final version of retire_heap_fragments (00:22 UTC): first runs against nanoGPT again,
+# and the small step against PyTorch on tonight's (slower) machine.
+LLMOS_DATA_DIR=/work/shared/data python benchmarks/train_vs_nanogpt.py /tmp/nanogpt --repeats=2 --cold \
+  --output=$OUT/vs_nanogpt_cold_final.json > $OUT/vs_nanogpt_cold_final.log 2>&1
+python benchmarks/compare_train_speed.py --setup=small --reps=20 --block=10 > $OUT/small.log 2>&1
+python benchmarks/compare_train_speed.py --setup=large --reps=6 --block=4 --worker_pairs=3 \
+  > $OUT/large_pairs.log 2>&1
