@@ -180,9 +180,9 @@ def _main_arena_free_rows(libc: ctypes.CDLL,
         lo, hi, total, count = int(lo), int(hi), int(total), int(count)
         if not count or hi >= max_chunk_bytes:
             continue
-        # Fast bins print (size - 15, size); the other lists their smallest and
-        # largest chunk, with the "previous in use" bit set on some sizes.
-        rows.append((hi if hi % 16 == 0 else lo & ~15, count, total))
+        # Fast bins print (size - 15, size); the other lists (and the unsorted
+        # one) their smallest and largest chunk, some with the "previous in use" bit.
+        rows.append((hi if hi - lo == 15 else lo & ~15, count, total))
     return rows
 
 
