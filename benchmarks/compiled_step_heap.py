@@ -22,6 +22,7 @@ docs/performance.md ("a first run's steps").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -59,7 +60,7 @@ def worker(setup_name: str, steps: int, retire: bool) -> dict:
         resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     return {"median_step_ms": 1000 * statistics.median(times),
             "free_chunks_before": fragments, "free_chunks_after": runtime.free_chunk_count(),
-            "retired": retired.__dict__ if retired else None,
+            "retired": dataclasses.asdict(retired) if retired else None,
             "voluntary_switches": after.ru_nvcsw - before.ru_nvcsw,
             "resident_mb": resident / 2**20}
 
